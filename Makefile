@@ -1,0 +1,51 @@
+# ekiden-trace: `make demo` shows it working, `make test` runs the tests.
+# Both install what they need first (a venv in .venv, Debian packages via apt).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CC := gcc
+FIXTURE_CFLAGS := -std=c99 -D_GNU_SOURCE -g -O2 -Wall -Wextra -Werror -I probes
+FIXTURE_SOURCES := $(wildcard fixtures/*/v*.c)
+FIXTURES := $(FIXTURE_SOURCES:.c=)
+APT := DEBIAN_FRONTEND=noninteractive apt-get -y -q
+
+.PHONY: setup system-packages fixtures test demo lint clean
+
+setup: system-packages $(VENV)/.installed
+
+# Debian packages: a C compiler, <sys/sdt.h>, venv support, gdb (a test oracle).
+system-packages:
+	@missing=""; \
+	command -v $(CC) >/dev/null || missing="$$missing gcc libc6-dev"; \
+	echo '#include <sys/sdt.h>' | $(CC) -E -x c - >/dev/null 2>&1 || missing="$$missing systemtap-sdt-dev"; \
+	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	command -v gdb >/dev/null || missing="$$missing gdb"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(APT) update && $(APT) install $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+fixtures: system-packages $(FIXTURES)
+
+fixtures/%: fixtures/%.c probes/ekiden.h
+	$(CC) $(FIXTURE_CFLAGS) $< -o $@
+
+test: setup fixtures
+	$(PY) -m pytest -q
+
+demo: setup fixtures
+	$(PY) fixtures/demo.py
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -f $(FIXTURES)

@@ -1,0 +1,508 @@
+"""Read the tagged state of a stopped process into a Snapshot.
+
+Variables are found through DWARF (static addresses, or locations in the
+frames of the stopped thread); the heap they reach is followed breadth-first
+by pointer types and hints, each object read once and batched per level.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+from collections import deque
+from dataclasses import dataclass
+
+from .dwarf.expr import (
+    ExprContext,
+    MemoryLocation,
+    RegisterLocation,
+    Unsupported,
+    ValueLocation,
+    ValueUnknown,
+    evaluate,
+)
+from .dwarf.types import TypeInfo, c_name, strip
+from .errors import EkidenError
+from .hints import PointerHint, UnionCase
+from .live import LiveProcess
+from .program import TaggedVariable
+from .snapshot import (
+    ArrayValue,
+    CapturedVariable,
+    CharArray,
+    EnumValue,
+    FunctionRef,
+    GlobalRef,
+    HeapObject,
+    LiteralRef,
+    ObjectRef,
+    Pointer,
+    Snapshot,
+    StopLocation,
+    StructValue,
+    UnionValue,
+    Unfollowed,
+    Value,
+)
+from .unwind import Frame
+
+MAX_OBJECTS = 5_000_000
+MAX_BYTES = 2 << 30
+MAX_STRING = 1 << 20
+CHAR_ENCODINGS = ("signed_char", "unsigned_char")
+
+
+class CaptureLimit(EkidenError):
+    """The state graph is larger than the tool is willing to read."""
+
+
+@dataclass
+class _Follow:
+    """A pointer waiting to be followed: what it points to and how."""
+
+    pointer: Pointer
+    pointee: int
+    hint: PointerHint | None
+    count: int | None
+
+
+def _location_for_pc(location: dict, pc: int) -> bytes | None:
+    """The DWARF expression of a location that is valid at a link-time pc."""
+    if location["kind"] == "expr":
+        return bytes.fromhex(location["expr"])
+    if location["kind"] == "list":
+        for lo, hi, expr in location["ranges"]:
+            if lo <= pc < hi:
+                return bytes.fromhex(expr)
+    return None
+
+
+class Capturer:
+    """One capture of one stopped process."""
+
+    def __init__(self, live: LiveProcess) -> None:
+        assert live.tracee is not None, "capture needs a stopped tracee"
+        self.live = live
+        self.tracee = live.tracee
+        self.program = live.program
+        self.index = live.program.index
+        self.types: dict[int, TypeInfo] = self.index.types
+        self.hints = live.program.hints
+        self.objects: dict[int, HeapObject] = {}
+        self._object_starts: list[tuple[int, int]] = []
+        self._extents: dict[int, int] = {}
+        self._queue: deque[_Follow] = deque()
+        self._globals: dict[str, int | EnumValue] = {}
+        self.bytes_read = 0
+
+    # -- variables ---------------------------------------------------------
+
+    def capture(self, stop: StopLocation, frames: list[Frame]) -> Snapshot:
+        """Capture every tagged variable and the heap it reaches."""
+        variables = [self._variable(tag, frames) for tag in self.program.tags]
+        for var in variables:
+            if isinstance(var.value, int | EnumValue):
+                self._globals.setdefault(var.name, var.value)
+        self._follow_all()
+        return Snapshot(
+            pid=self.tracee.pid,
+            binary=str(self.program.path),
+            build_id=self.program.build_id,
+            stop=stop,
+            variables=variables,
+            objects=self.objects,
+            bytes_read=self.bytes_read,
+        )
+
+    def _variable(self, tag: TaggedVariable, frames: list[Frame]) -> CapturedVariable:
+        var = tag.variable
+        captured = CapturedVariable(
+            name=var.name,
+            key=tag.key,
+            scope=var.scope,
+            scope_text=tag.describe_scope(),
+            function=var.function,
+            file=var.cu,
+            c_type=tag.c_type,
+            address=None,
+            value=None,
+        )
+        try:
+            where = self._locate(tag, frames)
+        except (Unsupported, ValueUnknown) as exc:
+            captured.absent = f"its location cannot be evaluated here ({exc})"
+            return captured
+        if isinstance(where, str):
+            captured.absent = where
+            return captured
+        kind, place = where
+        size = tag.size or 0
+        if kind == "memory":
+            captured.address = place
+            data = self._read(place, size)
+        else:
+            data = place
+        hint = self.hints.variables.get(var.name)
+        captured.value = self._decode(var.type, data, 0, hint=hint, siblings=None)
+        return captured
+
+    def _locate(self, tag: TaggedVariable, frames: list[Frame]) -> tuple[str, int | bytes] | str:
+        """('memory', address) or ('value', bytes) for a variable, or why it has none."""
+        var = tag.variable
+        bias = self.live.bias
+        if var.location["kind"] == "addr":
+            return "memory", var.location["addr"] + bias
+        for frame in frames:
+            lookup_pc = frame.pc - bias - (0 if frame.is_top else 1)
+            function = self.index.function_at(lookup_pc)
+            if function is None or var.function not in (function.name, *self._inlined(lookup_pc)):
+                continue
+            expr = _location_for_pc(var.location, lookup_pc)
+            if expr is None:
+                return f"it is optimised out at {function.name}'s current line"
+            ctx = ExprContext(
+                regs=frame.regs,
+                read_word=self.tracee.read_word,
+                cfa=frame.cfa,
+                frame_base=self._frame_base(function.frame_base, frame),
+                load_bias=bias,
+            )
+            loc = evaluate(expr, ctx)
+            if isinstance(loc, MemoryLocation):
+                return "memory", loc.addr
+            if isinstance(loc, RegisterLocation):
+                value = frame.regs.get(loc.regno)
+                if value is None:
+                    return "its register is not recoverable in this frame"
+                return "value", value.to_bytes(8, "little")[: tag.size or 8]
+            if isinstance(loc, ValueLocation):
+                return "value", loc.as_bytes(tag.size or 8)
+            return "its location is split into pieces, which is not supported"
+        return f"{var.function} is not active in the stopped thread"
+
+    def _inlined(self, pc: int) -> list[str]:
+        chain = getattr(self.index, "inline_chain_at", None)
+        return chain(pc) if chain else []
+
+    def _frame_base(self, expr_hex: str | None, frame: Frame) -> int | None:
+        if not expr_hex:
+            return None
+        ctx = ExprContext(
+            regs=frame.regs,
+            read_word=self.tracee.read_word,
+            cfa=frame.cfa,
+            frame_base=None,
+            load_bias=self.live.bias,
+        )
+        loc = evaluate(bytes.fromhex(expr_hex), ctx)
+        if isinstance(loc, MemoryLocation):
+            return loc.addr
+        if isinstance(loc, RegisterLocation):
+            return frame.regs.get(loc.regno)
+        return None
+
+    # -- memory ------------------------------------------------------------
+
+    def _account(self, size: int) -> None:
+        self.bytes_read += size
+        if self.bytes_read > MAX_BYTES:
+            raise CaptureLimit(
+                f"the tagged state exceeds {MAX_BYTES >> 20} MiB; add hints to stop following "
+                "pointers that are not state (EKIDEN_HINT_OPAQUE)."
+            )
+
+    def _read(self, addr: int, size: int) -> bytes:
+        self._account(size)
+        return self.tracee.read(addr, size) if size else b""
+
+    # -- decoding ----------------------------------------------------------
+
+    def _type_name(self, tid: int) -> str:
+        return c_name(self.types, tid)
+
+    def _decode(
+        self,
+        tid: int,
+        data: bytes,
+        offset: int,
+        hint: PointerHint | None,
+        siblings: dict[str, Value] | None,
+    ) -> Value:
+        sid = strip(self.types, tid)
+        info = self.types[sid]
+        size = info.size or 0
+        raw = data[offset : offset + size]
+        if info.kind == "base":
+            return _decode_base(info, raw)
+        if info.kind == "enum":
+            signed = info.encoding == "signed"
+            value = int.from_bytes(raw, "little", signed=signed)
+            name = next((n for n, v in info.enumerators.items() if v == value), None)
+            return EnumValue(name, value)
+        if info.kind == "pointer":
+            pointer = Pointer(int.from_bytes(raw, "little"))
+            count = self._hinted_count(hint, siblings)
+            self._queue.append(_Follow(pointer, info.target if info.target is not None else -1,
+                                       hint, count))
+            return pointer
+        if info.kind == "struct":
+            return self._decode_struct(info, data, offset)
+        if info.kind == "union":
+            return self._decode_union(info, data, offset, None)
+        if info.kind == "array":
+            return self._decode_array(info, data, offset)
+        return CharArray(raw)
+
+    def _decode_struct(self, info: TypeInfo, data: bytes, offset: int) -> StructValue:
+        name = self._type_name(info.id)
+        fields: dict[str, Value] = {}
+        unions = []
+        deferred = []
+        for i, member in enumerate(info.members):
+            key = member.name or f"(anonymous {i})"
+            if member.bit_size:
+                fields[key] = _decode_bits(self.types, member, data, offset)
+                continue
+            mtype = self.types[strip(self.types, member.type)]
+            if mtype.kind == "union" and member.name and (name, member.name) in self.hints.unions:
+                unions.append((key, member))
+                continue
+            if mtype.kind == "pointer":
+                deferred.append((key, member))
+                continue
+            fields[key] = self._decode(member.type, data, offset + member.offset, None, None)
+        # Pointers and hinted unions last: their hints may read sibling fields.
+        for key, member in deferred:
+            hint = self.hints.fields.get((name, member.name or ""))
+            fields[key] = self._decode(member.type, data, offset + member.offset, hint, fields)
+        for key, member in unions:
+            cases = self.hints.unions[(name, member.name)]
+            utype = self.types[strip(self.types, member.type)]
+            active = _active_member(cases, fields)
+            fields[key] = self._decode_union(utype, data, offset + member.offset, active)
+        ordered = {(m.name or f"(anonymous {i})"): None for i, m in enumerate(info.members)}
+        return StructValue(name, {k: fields[k] for k in ordered})
+
+    def _decode_union(
+        self, info: TypeInfo, data: bytes, offset: int, active: str | None
+    ) -> UnionValue:
+        raw = data[offset : offset + (info.size or 0)]
+        members: dict[str, Value] = {}
+        for i, member in enumerate(info.members):
+            key = member.name or f"(anonymous {i})"
+            if key == active or (active is None and not self._holds_pointer(member.type)):
+                members[key] = self._decode(member.type, data, offset + member.offset, None, None)
+        return UnionValue(self._type_name(info.id), raw, active, members)
+
+    def _decode_array(self, info: TypeInfo, data: bytes, offset: int) -> Value:
+        element = strip(self.types, info.target) if info.target is not None else -1
+        einfo = self.types.get(element)
+        count = info.count or 0
+        if einfo is not None and einfo.kind == "base" and einfo.encoding in CHAR_ENCODINGS:
+            return CharArray(data[offset : offset + count])
+        esize = (einfo.size if einfo else 0) or 0
+        return ArrayValue(
+            [self._decode(element, data, offset + i * esize, None, None) for i in range(count)]
+        )
+
+    def _holds_pointer(self, tid: int, depth: int = 0) -> bool:
+        info = self.types[strip(self.types, tid)]
+        if info.kind == "pointer" or depth > 32:
+            return True
+        if info.kind in ("struct", "union"):
+            return any(self._holds_pointer(m.type, depth + 1) for m in info.members)
+        if info.kind == "array" and info.target is not None:
+            return self._holds_pointer(info.target, depth + 1)
+        return False
+
+    def _hinted_count(self, hint: PointerHint | None, siblings: dict[str, Value] | None) -> int | None:
+        if hint is None or hint.kind not in ("array", "buffer") or hint.length is None:
+            return None
+        length = hint.length.strip()
+        if length.isdigit():
+            return int(length)
+        value = (siblings or {}).get(length)
+        if value is None:
+            value = self._global_value(length)
+        if isinstance(value, EnumValue):
+            value = value.value
+        if not isinstance(value, int):
+            raise EkidenError(
+                f"the hint length `{length}` is neither a field, an integer variable nor a number; "
+                "fix the EKIDEN_HINT_ARRAY/BUFFER mark."
+            )
+        return max(value, 0)
+
+    def _global_value(self, name: str) -> int | EnumValue | None:
+        if name in self._globals:
+            return self._globals[name]
+        for var in self.index.variables_named(name):
+            if var.location["kind"] == "addr":
+                info = self.types[strip(self.types, var.type)]
+                raw = self._read(var.location["addr"] + self.live.bias, info.size or 0)
+                value = self._decode(var.type, raw, 0, None, None)
+                if isinstance(value, int | EnumValue):
+                    self._globals[name] = value
+                    return value
+        return None
+
+    # -- following pointers ------------------------------------------------
+
+    def _follow_all(self) -> None:
+        """Follow queued pointers level by level, reading each level's objects in one batch."""
+        while self._queue:
+            level = list(self._queue)
+            self._queue.clear()
+            reads: list[tuple[HeapObject, int]] = []
+            for item in level:
+                new = self._resolve(item)
+                if new is not None:
+                    reads.append(new)
+            self._read_objects(reads)
+
+    def _resolve(self, item: _Follow) -> tuple[HeapObject, int] | None:
+        """Set the pointer's target; return a new heap object to read with its element type."""
+        pointer, addr = item.pointer, item.pointer.addr
+        if addr == 0:
+            return None
+        pointee = strip(self.types, item.pointee) if item.pointee in self.types else -1
+        pinfo = self.types.get(pointee)
+        hint = item.hint
+        if pinfo is not None and pinfo.kind == "function":
+            found = self.live.symbol_at(addr)
+            pointer.target = FunctionRef(found[0] if found and found[1] == 0 else None)
+            return None
+        if hint is not None and hint.kind == "opaque":
+            pointer.target = Unfollowed("opaque")
+            return None
+        region = self.live.region(addr)
+        is_char = pinfo is not None and pinfo.kind == "base" and pinfo.encoding in CHAR_ENCODINGS
+        if region in ("data", "code"):
+            if region == "code" and is_char:
+                pointer.target = LiteralRef(self.tracee.read_cstring(addr, MAX_STRING))
+                return None
+            found = self.live.symbol_at(addr)
+            pointer.target = GlobalRef(*found) if found else Unfollowed("data without a symbol")
+            return None
+        if region != "heap":
+            pointer.target = Unfollowed(region)
+            return None
+        if hint is not None and hint.kind == "points_to" and hint.target:
+            pointee = self.index.type_by_name(hint.target)
+            if pointee is None:
+                raise EkidenError(
+                    f"the hint type `{hint.target}` is not known to the debug info; fix the hint."
+                )
+            pointee = strip(self.types, pointee)
+            pinfo = self.types[pointee]
+            is_char = False
+        existing = self._object_at(addr)
+        if existing is not None:
+            obj, offset = existing
+            pointer.target = ObjectRef(obj.id, offset)
+            return None
+        if pinfo is None or pinfo.kind == "void":
+            pointer.target = Unfollowed("untyped")
+            return None
+        if is_char and (hint is None or hint.kind == "buffer"):
+            if hint is None:
+                text = self.tracee.read_cstring(addr, MAX_STRING)
+                self._account(len(text) + 1)
+            else:
+                text = self._read(addr, item.count or 0)
+            obj = self._new_object(addr, self._type_name(pointee), len(text), len(text) + 1)
+            obj.string = text
+            pointer.target = ObjectRef(obj.id)
+            return None
+        count = item.count if item.count is not None else 1
+        obj = self._new_object(addr, self._type_name(pointee), count, (pinfo.size or 0) * count)
+        pointer.target = ObjectRef(obj.id)
+        return obj, pointee
+
+    def _new_object(self, addr: int, type_name: str, count: int, extent: int) -> HeapObject:
+        if len(self.objects) >= MAX_OBJECTS:
+            raise CaptureLimit(
+                f"the tagged state reaches more than {MAX_OBJECTS} heap objects; add hints to "
+                "stop following pointers that are not state (EKIDEN_HINT_OPAQUE)."
+            )
+        obj = HeapObject(len(self.objects) + 1, addr, type_name, count)
+        self.objects[obj.id] = obj
+        self._extents[obj.id] = max(extent, 1)
+        bisect.insort(self._object_starts, (addr, obj.id))
+        return obj
+
+    def _object_at(self, addr: int) -> tuple[HeapObject, int] | None:
+        i = bisect.bisect_right(self._object_starts, (addr, 1 << 62)) - 1
+        if i < 0:
+            return None
+        start, oid = self._object_starts[i]
+        if start <= addr < start + self._extents[oid]:
+            return self.objects[oid], addr - start
+        return None
+
+    def _read_objects(self, reads: list[tuple[HeapObject, int]]) -> None:
+        if not reads:
+            return
+        sizes = [self._extents[obj.id] for obj, _ in reads]
+        self._account(sum(sizes))
+        spans = [(obj.addr, size) for (obj, _), size in zip(reads, sizes, strict=True)]
+        try:
+            blobs: list[bytes | None] = list(self.tracee.read_many(spans))
+        except OSError:
+            blobs = [self._read_or_none(addr, size) for addr, size in spans]
+        for (obj, element), size, blob in zip(reads, sizes, blobs, strict=True):
+            if blob is None:
+                obj.value = None
+                continue
+            esize = size // obj.count if obj.count else 0
+            if obj.count == 1:
+                obj.value = self._decode(element, blob, 0, None, None)
+            else:
+                obj.value = ArrayValue(
+                    [self._decode(element, blob, i * esize, None, None) for i in range(obj.count)]
+                )
+
+    def _read_or_none(self, addr: int, size: int) -> bytes | None:
+        try:
+            return self.tracee.read(addr, size)
+        except OSError:
+            return None
+
+
+def _decode_base(info: TypeInfo, raw: bytes) -> int | float:
+    if info.encoding == "float":
+        if len(raw) == 4:
+            return struct.unpack("<f", raw)[0]
+        if len(raw) == 8:
+            return struct.unpack("<d", raw)[0]
+        mantissa = int.from_bytes(raw[:8], "little")
+        exp_sign = int.from_bytes(raw[8:10], "little")
+        sign = -1 if exp_sign & 0x8000 else 1
+        return sign * mantissa * 2.0 ** ((exp_sign & 0x7FFF) - 16383 - 63) if mantissa else 0.0
+    signed = info.encoding in ("signed", "signed_char")
+    return int.from_bytes(raw, "little", signed=signed)
+
+
+def _decode_bits(types: dict[int, TypeInfo], member, data: bytes, offset: int) -> int | EnumValue:
+    info = types[strip(types, member.type)]
+    bit_offset = member.bit_offset or 0
+    first = offset + bit_offset // 8
+    last = offset + (bit_offset + member.bit_size + 7) // 8
+    word = int.from_bytes(data[first:last], "little") >> (bit_offset % 8)
+    value = word & ((1 << member.bit_size) - 1)
+    if info.encoding in ("signed", "signed_char") and value >> (member.bit_size - 1):
+        value -= 1 << member.bit_size
+    if info.kind == "enum":
+        name = next((n for n, v in info.enumerators.items() if v == value), None)
+        return EnumValue(name, value)
+    return value
+
+
+def _active_member(cases: list[UnionCase], fields: dict[str, Value]) -> str | None:
+    for case in cases:
+        value = fields.get(case.discriminant)
+        if isinstance(value, EnumValue) and case.value in (value.name, str(value.value)):
+            return case.member
+        if isinstance(value, int) and case.value == str(value):
+            return case.member
+    return None

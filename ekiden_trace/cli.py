@@ -1,0 +1,99 @@
+"""Command line: argument parsing and output only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import EkidenError
+
+USAGE_ERROR = 64
+
+
+def _include_dir() -> Path:
+    """Where ekiden.h lives: the repository's probes/ or the installed include dir."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "probes", Path(sys.prefix) / "include" / "ekiden"):
+        if (candidate / "ekiden.h").exists():
+            return candidate
+    raise EkidenError("ekiden.h is not installed next to ekiden-trace; reinstall the package.")
+
+
+def _cmd_cflags(_args: argparse.Namespace) -> int:
+    print(f"-I{_include_dir()}")
+    return 0
+
+
+def _cmd_points(args: argparse.Namespace) -> int:
+    from .program import Program
+    from .render import points_json, points_text
+
+    program = Program(args.binary)
+    if args.json:
+        print(json.dumps(points_json(program), indent=2))
+    else:
+        sys.stdout.write(points_text(program))
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect_process import InspectOptions, inspect
+    from .render import snapshot_json, snapshot_text
+
+    options = InspectOptions(point=args.point, now=args.now, timeout=args.timeout)
+    snapshot = inspect(args.pid, options)
+    if args.json:
+        print(json.dumps(snapshot_json(snapshot), indent=2))
+    else:
+        sys.stdout.write(snapshot_text(snapshot))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="ekiden-trace",
+        description="Update a running C program to its next version by state transfer.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    cflags = sub.add_parser("cflags", help="print the -I flag that finds ekiden.h")
+    cflags.set_defaults(run=_cmd_cflags)
+
+    points = sub.add_parser("points", help="list the marks of a binary")
+    points.add_argument("binary", help="a binary built with ekiden.h and -g")
+    points.add_argument("--json", action="store_true", help="print JSON")
+    points.set_defaults(run=_cmd_points)
+
+    inspect = sub.add_parser("inspect", help="show the tagged state of a live process")
+    inspect.add_argument("pid", type=int)
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+    inspect.add_argument("--point", help="wait for this update point (default: any)")
+    inspect.add_argument("--now", action="store_true",
+                         help="read wherever the process is, without waiting for a point")
+    inspect.add_argument("--timeout", type=float, default=10.0,
+                         help="seconds to wait for an update point (default 10)")
+    inspect.set_defaults(run=_cmd_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `ekiden-trace` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "now", False) and args.point:
+        parser.error("--now and --point exclude each other")
+    try:
+        return args.run(args)
+    except EkidenError as exc:
+        print(f"ekiden-trace: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("ekiden-trace: interrupted; the target was left running.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,680 @@
+"""The cold pass: read a binary's DWARF once and produce the index as JSON data.
+
+Each compilation unit's DIEs are read in one linear pass (no DIE is parsed
+twice and none is kept: pyelftools' own DIE cache would hold them all), with
+a stack of contexts standing for the enclosing DIEs.  References that may
+point forward (DW_AT_abstract_origin, DW_AT_specification) are recorded as
+offsets and resolved once every unit has been read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from elftools.dwarf.compileunit import CompileUnit
+from elftools.dwarf.die import DIE, AttributeValue
+from elftools.dwarf.dwarfinfo import DWARFInfo
+from elftools.elf.elffile import ELFFile
+
+from .model import Function, Location, Scope, Variable
+from .sections import (
+    MAX_ADDR,
+    LineHeader,
+    Sequence,
+    read_line_rows,
+    read_loc_v4,
+    read_loclist,
+    read_ranges_v4,
+    read_rnglist,
+    uleb,
+)
+from .types import VOID, VOID_ID, Member, TypeInfo, byte_size, normalize_base_name
+
+_ENCODINGS = {
+    0x1: "address",
+    0x2: "bool",
+    0x3: "complex_float",
+    0x4: "float",
+    0x5: "signed",
+    0x6: "signed_char",
+    0x7: "unsigned",
+    0x8: "unsigned_char",
+    0x9: "imaginary_float",
+    0xA: "packed_decimal",
+    0xB: "numeric_string",
+    0xC: "edited",
+    0xD: "signed_fixed",
+    0xE: "unsigned_fixed",
+    0xF: "decimal_float",
+    0x10: "utf",
+}
+_SIGNED = frozenset({"signed", "signed_char", "signed_fixed"})
+_REF_FORMS = frozenset(
+    {"DW_FORM_ref1", "DW_FORM_ref2", "DW_FORM_ref4", "DW_FORM_ref8", "DW_FORM_ref_udata"}
+)
+_BLOCK_FORMS = frozenset(
+    {"DW_FORM_exprloc", "DW_FORM_block1", "DW_FORM_block2", "DW_FORM_block4", "DW_FORM_block"}
+)
+_ADDR_FORMS = frozenset(
+    {
+        "DW_FORM_addr",
+        "DW_FORM_addrx",
+        "DW_FORM_addrx1",
+        "DW_FORM_addrx2",
+        "DW_FORM_addrx3",
+        "DW_FORM_addrx4",
+        "DW_FORM_GNU_addr_index",
+    }
+)
+_DATA_WIDTH = {"DW_FORM_data1": 1, "DW_FORM_data2": 2, "DW_FORM_data4": 4, "DW_FORM_data8": 8}
+_CONST_FORMS = frozenset(
+    {*_DATA_WIDTH, "DW_FORM_udata", "DW_FORM_sdata", "DW_FORM_implicit_const"}
+)
+_MODIFIERS = {
+    "DW_TAG_pointer_type": "pointer",
+    "DW_TAG_reference_type": "pointer",
+    "DW_TAG_rvalue_reference_type": "pointer",
+    "DW_TAG_ptr_to_member_type": "pointer",
+    "DW_TAG_const_type": "const",
+    "DW_TAG_volatile_type": "volatile",
+    "DW_TAG_restrict_type": "restrict",
+    "DW_TAG_atomic_type": "atomic",
+    "DW_TAG_typedef": "typedef",
+}
+_AGGREGATES = {
+    "DW_TAG_structure_type": "struct",
+    "DW_TAG_class_type": "struct",
+    "DW_TAG_union_type": "union",
+}
+_OP_ADDR = 0x03
+_OP_ADDRX = (0xA1, 0xFB)  # DW_OP_addrx, DW_OP_GNU_addr_index
+
+
+@dataclass
+class _Ctx:
+    """What the DIE being read is nested in."""
+
+    kind: str  # cu, scope, abstract, struct, enum, array, functype, skip
+    scope: int = -1  # scope index (kind scope)
+    origin: int = -1  # abstract subprogram offset (kind abstract)
+    type: TypeInfo = VOID  # the type being built (struct/enum/array/functype)
+    elem: int = VOID_ID  # array element type
+    dims: int = 0  # array dimensions seen so far
+    values: list[tuple[str, int, str]] = field(default_factory=list)  # enumerators
+
+
+_SKIP = _Ctx("skip")
+
+
+@dataclass
+class _Unit:
+    """Per-CU facts needed to decode its DIEs."""
+
+    index: int
+    cu: CompileUnit
+    dwarf: DWARFInfo
+    version: int
+    addr_size: int
+    base: int
+    files: list[str | None]
+
+    def addrx(self, index: int) -> int:
+        return int(self.dwarf.get_addr(self.cu, index))
+
+    def file(self, attr: AttributeValue | None) -> str | None:
+        if attr is None or not 0 <= attr.value < len(self.files):
+            return None
+        return self.files[attr.value]
+
+
+@dataclass
+class _PendingVar:
+    offset: int
+    scope: str | None  # None: global or file static, decided by DW_AT_external
+    cu: int
+    location: Location
+    attach: int | None = None  # scope index whose vars it joins
+    origin: int | None = None  # abstract function whose static it is
+
+
+_Decl = tuple[str | None, int | None, str | None, int | None, bool, int | None]
+
+
+def build_index(path: str) -> dict[str, Any]:
+    """Read the DWARF of the ELF file at path and return the index as JSON data."""
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        if not elf.has_dwarf_info() or elf.get_section_by_name(".debug_info") is None:
+            return {"has_debug_info": False}
+        builder = _Builder(elf.get_dwarf_info())
+        builder.run()
+        return builder.result()
+
+
+def _sec(sec: Any) -> bytes:
+    return b"" if sec is None else bytes(sec.stream.getvalue())
+
+
+def _name(die: DIE) -> str | None:
+    attr = die.attributes.get("DW_AT_name")
+    if attr is None:
+        return None
+    value = attr.value
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _const(attr: AttributeValue | None) -> int | None:
+    if attr is None or attr.form not in _CONST_FORMS:
+        return None
+    value = int(attr.value)
+    width = _DATA_WIDTH.get(attr.form)
+    if width and value == (1 << (8 * width)) - 1:
+        return -1
+    return value
+
+
+def _live(lo: int) -> bool:
+    """False for the addresses linkers give to discarded code."""
+    return 0 < lo < MAX_ADDR - 1
+
+
+class _Builder:
+    def __init__(self, dwarf: DWARFInfo) -> None:
+        self.dwarf = dwarf
+        assert dwarf.debug_info_sec is not None
+        self.info_stream = dwarf.debug_info_sec.stream
+        self.rnglists = _sec(dwarf.debug_rnglists_sec)
+        self.ranges_v4 = _sec(dwarf.debug_ranges_sec)
+        self.loclists = _sec(dwarf.debug_loclists_sec)
+        self.loc_v4 = _sec(dwarf.debug_loc_sec)
+        self.line_data = _sec(dwarf.debug_line_sec)
+        self.types: dict[int, TypeInfo] = {VOID_ID: VOID}
+        self.cus: list[str] = []
+        self.comp_dirs: list[str | None] = []
+        self.decls: dict[int, _Decl] = {}
+        self.vars: list[_PendingVar] = []
+        self.functions: list[tuple[int, int, list[list[int]], str | None]] = []
+        self.scopes: list[Scope] = []
+        self.sequences: list[Sequence] = []
+        self.file_ids: dict[str, int] = {}
+        self.handlers: dict[str, Callable[[DIE, _Ctx, _Unit], _Ctx]] = {
+            "DW_TAG_base_type": self._base_type,
+            "DW_TAG_unspecified_type": self._unspecified_type,
+            "DW_TAG_structure_type": self._aggregate,
+            "DW_TAG_class_type": self._aggregate,
+            "DW_TAG_union_type": self._aggregate,
+            "DW_TAG_member": self._member,
+            "DW_TAG_enumeration_type": self._enum,
+            "DW_TAG_enumerator": self._enumerator,
+            "DW_TAG_array_type": self._array,
+            "DW_TAG_subrange_type": self._subrange,
+            "DW_TAG_subroutine_type": self._subroutine_type,
+            "DW_TAG_unspecified_parameters": self._unspecified_parameters,
+            "DW_TAG_variable": self._variable,
+            "DW_TAG_formal_parameter": self._variable,
+            "DW_TAG_subprogram": self._subprogram,
+            "DW_TAG_inlined_subroutine": self._inlined,
+            "DW_TAG_lexical_block": self._lexical_block,
+            "DW_TAG_namespace": self._namespace,
+        }
+        for tag in _MODIFIERS:
+            self.handlers[tag] = self._modifier
+
+    # ------------------------------------------------------------------ walk
+
+    def run(self) -> None:
+        for cu in self.dwarf.iter_CUs():
+            self._walk(cu)
+
+    def _walk(self, cu: CompileUnit) -> None:
+        top = cu.get_top_DIE()
+        if top.tag not in ("DW_TAG_compile_unit", "DW_TAG_partial_unit"):
+            return
+        unit = self._unit(cu, top)
+        stream = self.info_stream
+        handlers = self.handlers
+        stack = [_Ctx("cu")]
+        pos = top.offset + top.size
+        end = cu.cu_offset + cu.size
+        while pos < end:
+            die = DIE(cu, stream, pos)
+            pos += die.size
+            tag = die.tag
+            if tag is None:
+                done = stack.pop()
+                if done.kind == "enum":
+                    self._finish_enum(done)
+                if not stack:
+                    break
+                continue
+            parent = stack[-1]
+            handler = handlers.get(tag) if parent is not _SKIP else None
+            child = handler(die, parent, unit) if handler else _SKIP
+            if not die.has_children:
+                continue
+            if child is _SKIP:
+                sibling = die.attributes.get("DW_AT_sibling")
+                if sibling is not None and sibling.form in _REF_FORMS:
+                    pos = cu.cu_offset + sibling.value
+                    continue
+            stack.append(child)
+
+    def _unit(self, cu: CompileUnit, top: DIE) -> _Unit:
+        name = _name(top) or f"<cu@{cu.cu_offset:#x}>"
+        comp_dir_attr = top.attributes.get("DW_AT_comp_dir")
+        comp_dir = comp_dir_attr.value.decode("utf-8", "replace") if comp_dir_attr else None
+        low_pc = top.attributes.get("DW_AT_low_pc")
+        unit = _Unit(
+            index=len(self.cus),
+            cu=cu,
+            dwarf=self.dwarf,
+            version=cu["version"],
+            addr_size=cu["address_size"],
+            base=int(low_pc.value) if low_pc is not None else 0,
+            files=[],
+        )
+        self.cus.append(name)
+        self.comp_dirs.append(comp_dir)
+        if "DW_AT_stmt_list" in top.attributes:
+            self._line_program(unit, comp_dir or "")
+        return unit
+
+    def _line_program(self, unit: _Unit, comp_dir: str) -> None:
+        program = self.dwarf.line_program_for_CU(unit.cu)
+        if program is None:
+            return
+        header = program.header
+        dirs = [d.decode("utf-8", "replace") for d in header["include_directory"]]
+        version = header["version"]
+        if version < 5:
+            dirs.insert(0, comp_dir)
+            unit.files.append(None)  # DWARF 2-4 file numbers start at 1
+        for entry in header["file_entry"]:
+            name = entry.name.decode("utf-8", "replace")
+            directory = dirs[entry.dir_index] if entry.dir_index < len(dirs) else ""
+            unit.files.append(os.path.normpath(os.path.join(comp_dir, directory, name)))
+        hdr = LineHeader(
+            min_inst_length=header["minimum_instruction_length"],
+            line_base=header["line_base"],
+            line_range=header["line_range"],
+            opcode_base=header["opcode_base"],
+            standard_opcode_lengths=list(header["standard_opcode_lengths"]),
+        )
+        rows = read_line_rows(
+            self.line_data, program.program_start_offset, program.program_end_offset, hdr
+        )
+        file_ids = [-1 if f is None else self.file_ids.setdefault(f, len(self.file_ids)) for f in unit.files]
+        for seq in rows:
+            if len(seq) < 2 or not _live(seq[0][0]):
+                continue
+            self.sequences.append(
+                [(a, file_ids[f] if 0 <= f < len(file_ids) else -1, ln) for a, f, ln in seq]
+            )
+
+    # ------------------------------------------------------------- helpers
+
+    def _ref(self, die: DIE, name: str) -> int | None:
+        attr = die.attributes.get(name)
+        if attr is None:
+            return None
+        if attr.form in _REF_FORMS:
+            return int(die.cu.cu_offset + attr.raw_value)
+        if attr.form == "DW_FORM_ref_addr":
+            return int(attr.raw_value)
+        return None
+
+    def _type_ref(self, die: DIE) -> int:
+        ref = self._ref(die, "DW_AT_type")
+        return VOID_ID if ref is None else ref
+
+    def _origin_ref(self, die: DIE) -> int | None:
+        ref = self._ref(die, "DW_AT_abstract_origin")
+        return ref if ref is not None else self._ref(die, "DW_AT_specification")
+
+    def _record_decl(self, die: DIE, unit: _Unit) -> None:
+        a = die.attributes
+        line = a.get("DW_AT_decl_line")
+        external = a.get("DW_AT_external")
+        self.decls[die.offset] = (
+            _name(die),
+            self._ref(die, "DW_AT_type"),
+            unit.file(a.get("DW_AT_decl_file")),
+            int(line.value) if line is not None else None,
+            bool(external.value) if external is not None else False,
+            self._origin_ref(die),
+        )
+
+    def _decl(self, offset: int) -> tuple[str | None, int | None, str | None, int | None, bool]:
+        """Merge what a DIE and the DIEs it refers to (origin, specification) say."""
+        name = type_ = file = line = None
+        external = False
+        current: int | None = offset
+        for _ in range(8):
+            if current is None or current not in self.decls:
+                break
+            n, t, f, ln, ext, ref = self.decls[current]
+            name = name or n
+            type_ = type_ if type_ is not None else t
+            file = file or f
+            line = line if line is not None else ln
+            external = external or ext
+            current = ref
+        return name, type_, file, line, external
+
+    def _pc_ranges(self, die: DIE, unit: _Unit) -> list[list[int]] | None:
+        """Code ranges of a DIE; None if it has no pc attributes at all."""
+        a = die.attributes
+        attr = a.get("DW_AT_ranges")
+        if attr is not None:
+            if unit.version >= 5:
+                ranges = read_rnglist(self.rnglists, attr.value, unit.base, unit.addrx)
+            else:
+                ranges = read_ranges_v4(self.ranges_v4, attr.value, unit.base)
+        else:
+            low = a.get("DW_AT_low_pc")
+            if low is None:
+                return None
+            lo = int(low.value)
+            high = a.get("DW_AT_high_pc")
+            if high is None:
+                hi = lo + 1
+            elif high.form in _ADDR_FORMS:
+                hi = int(high.value)
+            else:
+                hi = lo + int(high.value)
+            ranges = [[lo, hi]] if lo < hi else []
+        return [r for r in ranges if _live(r[0])]
+
+    def _location(self, attr: AttributeValue | None, unit: _Unit) -> Location:
+        if attr is None:
+            return {"kind": "none"}
+        if attr.form in _BLOCK_FORMS:
+            return self._expr_location(bytes(attr.value), unit)
+        if attr.form in ("DW_FORM_sec_offset", "DW_FORM_loclistx") or (
+            unit.version < 4 and attr.form in ("DW_FORM_data4", "DW_FORM_data8")
+        ):
+            if unit.version >= 5:
+                ranges = read_loclist(self.loclists, attr.value, unit.base, unit.addrx)
+            else:
+                ranges = read_loc_v4(self.loc_v4, attr.value, unit.base)
+            return {"kind": "list", "ranges": ranges} if ranges else {"kind": "none"}
+        return {"kind": "none"}
+
+    def _expr_location(self, expr: bytes, unit: _Unit) -> Location:
+        if not expr:
+            return {"kind": "none"}
+        addr: int | None = None
+        if expr[0] == _OP_ADDR and len(expr) == 1 + unit.addr_size:
+            addr = int.from_bytes(expr[1:], "little")
+        elif expr[0] in _OP_ADDRX:
+            index, end = uleb(expr, 1)
+            if end == len(expr):
+                addr = unit.addrx(index)
+        if addr is None:
+            return {"kind": "expr", "expr": expr.hex()}
+        if not _live(addr):
+            return {"kind": "none"}
+        return {"kind": "addr", "addr": addr}
+
+    def _add_scope(self, scope: Scope) -> _Ctx:
+        index = len(self.scopes)
+        self.scopes.append(scope)
+        return _Ctx("scope", scope=index)
+
+    # ----------------------------------------------------------- handlers
+
+    def _base_type(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+        a = die.attributes
+        encoding = a.get("DW_AT_encoding")
+        name = _name(die)
+        self.types[die.offset] = TypeInfo(
+            die.offset,
+            "base",
+            normalize_base_name(name) if name else None,
+            _const(a.get("DW_AT_byte_size")),
+            encoding=_ENCODINGS.get(encoding.value) if encoding is not None else None,
+        )
+        return _SKIP
+
+    def _unspecified_type(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+        self.types[die.offset] = TypeInfo(die.offset, "void", _name(die))
+        return _SKIP
+
+    def _modifier(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+        kind = _MODIFIERS[die.tag]
+        size = None
+        if kind == "pointer":
+            size = _const(die.attributes.get("DW_AT_byte_size")) or unit.addr_size
+        name = _name(die) if kind == "typedef" else None
+        self.types[die.offset] = TypeInfo(die.offset, kind, name, size, self._type_ref(die))
+        return _SKIP
+
+    def _aggregate(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+        a = die.attributes
+        declaration = "DW_AT_declaration" in a
+        t = TypeInfo(
+            die.offset,
+            _AGGREGATES[die.tag],
+            _name(die),
+            None if declaration else _const(a.get("DW_AT_byte_size")),
+            declaration=declaration,
+        )
+        self.types[die.offset] = t
+        return _Ctx("struct", type=t)
+
+    def _member(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+        if ctx.kind != "struct":
+            return _SKIP
+        a = die.attributes
+        offset = 0
+        loc = a.get("DW_AT_data_member_location")
+        if loc is not None:
+            if loc.form in _BLOCK_FORMS:
+                expr = bytes(loc.value)
+                if expr and expr[0] == 0x23:  # DW_OP_plus_uconst
+                    offset = uleb(expr, 1)[0]
+            else:
+                offset = _const(loc) or 0
+        bit_size = _const(a.get("DW_AT_bit_size"))
+        bit_offset: int | None = None
+        if bit_size is not None:
+            data_bit = _const(a.get("DW_AT_data_bit_offset"))
+            old_bit = _const(a.get("DW_AT_bit_offset"))
+            if data_bit is not None:
+                bit_offset = data_bit
+            elif old_bit is not None:  # DWARF 2-3: counted from the storage unit's MSB
+                storage = _const(a.get("DW_AT_byte_size"))
+                if storage is None:
+                    storage = byte_size(self.types, self._type_ref(die)) or 0
+                bit_offset = offset * 8 + storage * 8 - old_bit - bit_size
+            else:
+                bit_offset = offset * 8
+            offset = bit_offset // 8
+        ctx.type.members.append(
+            Member(_name(die), offset, self._type_ref(die), bit_size, bit_offset)
+        )
+        return _SKIP
+
+    def _enum(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+        a = die.attributes
+        declaration = "DW_AT_declaration" in a
+        encoding = a.get("DW_AT_encoding")
+        t = TypeInfo(
+            die.offset,
+            "enum",
+            _name(die),
+            _const(a.get("DW_AT_byte_size")),
+            self._ref(die, "DW_AT_type"),
+            encoding=_ENCODINGS.get(encoding.value) if encoding is not None else None,
+            declaration=declaration,
+        )
+        self.types[die.offset] = t
+        return _Ctx("enum", type=t)
+
+    def _enumerator(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+        attr = die.attributes.get("DW_AT_const_value")
+        name = _name(die)
+        if ctx.kind == "enum" and attr is not None and name is not None:
+            ctx.values.append((name, int(attr.value), attr.form))
+        return _SKIP
+
+    def _finish_enum(self, ctx: _Ctx) -> None:
+        t = ctx.type
+        encoding = t.encoding
+        if encoding is None and t.target is not None and t.target in self.types:
+            encoding = self.types[t.target].encoding
+        if encoding is None:
+            negative = any(v < 0 for _, v, _ in ctx.values)
+            encoding = "signed" if negative else "unsigned"
+        signed = encoding in _SIGNED
+        t.encoding = "signed" if signed else "unsigned"
+        for name, value, form in ctx.values:
+            width = _DATA_WIDTH.get(form)
+            if signed and width and value >= 1 << (8 * width - 1):
+                value -= 1 << (8 * width)
+            t.enumerators[name] = value
+
+    def _array(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+        elem = self._type_ref(die)
+        t = TypeInfo(die.offset, "array", target=elem)
+        self.types[die.offset] = t
+        return _Ctx("array", type=t, elem=elem)
+
+    def _subrange(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+        if ctx.kind != "array":
+            return _SKIP
+        a = die.attributes
+        count = _const(a.get("DW_AT_count"))
+        if count is None:
+            upper = _const(a.get("DW_AT_upper_bound"))
+            if upper is not None:
+                count = upper - (_const(a.get("DW_AT_lower_bound")) or 0) + 1
+        if count is not None:
+            count = max(count, 0)
+        if ctx.dims == 0:
+            ctx.type.count = count
+        else:
+            inner = TypeInfo(die.offset, "array", target=ctx.elem, count=count)
+            self.types[die.offset] = inner
+            ctx.type.target = die.offset
+            ctx.type = inner
+        ctx.dims += 1
+        return _SKIP
+
+    def _subroutine_type(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+        prototyped = "DW_AT_prototyped" in die.attributes
+        t = TypeInfo(
+            die.offset, "function", target=self._type_ref(die), params=[] if prototyped else None
+        )
+        self.types[die.offset] = t
+        return _Ctx("functype", type=t)
+
+    def _unspecified_parameters(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+        if ctx.kind == "functype":
+            ctx.type.variadic = True
+        return _SKIP
+
+    def _variable(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+        kind = ctx.kind
+        is_param = die.tag == "DW_TAG_formal_parameter"
+        if kind == "functype":
+            if is_param:
+                if ctx.type.params is None:
+                    ctx.type.params = []
+                ctx.type.params.append(self._type_ref(die))
+            return _SKIP
+        if kind not in ("cu", "scope", "abstract"):
+            return _SKIP
+        self._record_decl(die, unit)
+        a = die.attributes
+        if "DW_AT_declaration" in a:
+            return _SKIP
+        location = self._location(a.get("DW_AT_location"), unit)
+        static = location["kind"] == "addr"
+        if kind == "cu":
+            self.vars.append(_PendingVar(die.offset, None, unit.index, location))
+        elif kind == "scope":
+            scope = "parameter" if is_param else "function_static" if static else "local"
+            self.vars.append(_PendingVar(die.offset, scope, unit.index, location, ctx.scope))
+        elif static and not is_param:  # a static in an abstract (inlined) function
+            self.vars.append(
+                _PendingVar(
+                    die.offset, "function_static", unit.index, location, origin=ctx.origin
+                )
+            )
+        return _SKIP
+
+    def _subprogram(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+        if ctx.kind not in ("cu", "scope", "abstract"):
+            return _SKIP
+        self._record_decl(die, unit)
+        a = die.attributes
+        if "DW_AT_declaration" in a:
+            return _SKIP
+        ranges = self._pc_ranges(die, unit)
+        if ranges is None:
+            return _Ctx("abstract", origin=die.offset)
+        if not ranges:
+            return _SKIP
+        frame_base = a.get("DW_AT_frame_base")
+        frame_hex = bytes(frame_base.value).hex() if frame_base and frame_base.form in _BLOCK_FORMS else None
+        index = len(self.functions)
+        self.functions.append((die.offset, unit.index, ranges, frame_hex))
+        origin = self._origin_ref(die)
+        return self._add_scope(
+            Scope("function", None, ranges, index, origin=die.offset if origin is None else origin)
+        )
+
+    def _inlined(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+        if ctx.kind != "scope":
+            return _SKIP
+        ranges = self._pc_ranges(die, unit)
+        if not ranges:
+            return _SKIP
+        parent = self.scopes[ctx.scope]
+        return self._add_scope(
+            Scope("inlined", ctx.scope, ranges, parent.function, origin=self._origin_ref(die))
+        )
+
+    def _lexical_block(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+        if ctx.kind == "abstract":
+            return ctx
+        if ctx.kind != "scope":
+            return _SKIP
+        ranges = self._pc_ranges(die, unit)
+        if ranges is None:
+            return ctx
+        if not ranges:
+            return _SKIP
+        parent = self.scopes[ctx.scope]
+        return self._add_scope(Scope("block", ctx.scope, ranges, parent.function))
+
+    def _namespace(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+        return ctx if ctx.kind == "cu" else _SKIP
+
+    # ---------------------------------------------------------- post-pass
+
+    def result(self) -> dict[str, Any]:
+        functions = self._finish_functions()
+        variables, cu_vars, global_vars, statics = self._finish_variables(functions)
+        self._finish_types()
+        cu_index = {name: i for i, name in reversed(list(enumerate(self.cus)))}
+        return {
+            "has_debug_info": True,
+            "cus": self.cus,
+            "comp_dirs": self.comp_dirs,
+            "types": [t.to_json() for t in self.types.values()],
+            "type_names": self._type_names(),
+            "functions": [f.to_json(cu_index) for f in functions],
+            "function_cus": [f[1] for f in self.functions],
+            "scopes": [s.to_json() for s in self.scopes],
+            "variables": [v.to_json(cu_index) for v in variables],
+            "variable_cus": [v[1] for v in variables],
+            "cu_vars": cu_vars,
+            "global_vars": global_vars,
+            "statics": statics,
+            "lines": self._line_table(),
+        }

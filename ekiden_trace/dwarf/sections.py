@@ -1,0 +1,255 @@
+"""Raw decoders for the DWARF sections pyelftools leaves slow or incomplete.
+
+Range lists (.debug_rnglists, .debug_ranges), location lists
+(.debug_loclists, .debug_loc) and line-number programs are decoded straight
+from the section bytes.  All addresses are link-time addresses with the base
+address applied (pyelftools leaves offset pairs relative to it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+MAX_ADDR = (1 << 64) - 1
+
+AddrIndex = Callable[[int], int]
+"""Maps a .debug_addr index (DW_FORM_addrx, DW_LLE_startx_*, ...) to an address."""
+
+
+def uleb(data: bytes, pos: int) -> tuple[int, int]:
+    """Decode an unsigned LEB128 at pos; return (value, next position)."""
+    result = 0
+    shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def sleb(data: bytes, pos: int) -> tuple[int, int]:
+    """Decode a signed LEB128 at pos; return (value, next position)."""
+    result = 0
+    shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            if byte & 0x40:
+                result -= 1 << shift
+            return result, pos
+
+
+def _u(data: bytes, pos: int, size: int) -> int:
+    return int.from_bytes(data[pos : pos + size], "little")
+
+
+def read_rnglist(data: bytes, pos: int, base: int, addrx: AddrIndex) -> list[list[int]]:
+    """Decode a DWARF 5 range list at pos into [[lo, hi], ...]."""
+    out: list[list[int]] = []
+    while True:
+        kind = data[pos]
+        pos += 1
+        if kind == 0:  # DW_RLE_end_of_list
+            return out
+        if kind == 1:  # base_addressx
+            idx, pos = uleb(data, pos)
+            base = addrx(idx)
+            continue
+        if kind == 5:  # base_address
+            base = _u(data, pos, 8)
+            pos += 8
+            continue
+        if kind == 2:  # startx_endx
+            a, pos = uleb(data, pos)
+            b, pos = uleb(data, pos)
+            lo, hi = addrx(a), addrx(b)
+        elif kind == 3:  # startx_length
+            a, pos = uleb(data, pos)
+            length, pos = uleb(data, pos)
+            lo = addrx(a)
+            hi = lo + length
+        elif kind == 4:  # offset_pair
+            a, pos = uleb(data, pos)
+            b, pos = uleb(data, pos)
+            lo, hi = base + a, base + b
+        elif kind == 6:  # start_end
+            lo, hi = _u(data, pos, 8), _u(data, pos + 8, 8)
+            pos += 16
+        elif kind == 7:  # start_length
+            lo = _u(data, pos, 8)
+            length, pos = uleb(data, pos + 8)
+            hi = lo + length
+        else:
+            raise ValueError(f"unknown DW_RLE code {kind:#x} in .debug_rnglists")
+        if lo < hi:
+            out.append([lo, hi])
+
+
+def read_ranges_v4(data: bytes, pos: int, base: int) -> list[list[int]]:
+    """Decode a DWARF 2-4 .debug_ranges list at pos into [[lo, hi], ...]."""
+    out: list[list[int]] = []
+    while True:
+        lo, hi = _u(data, pos, 8), _u(data, pos + 8, 8)
+        pos += 16
+        if lo == 0 and hi == 0:
+            return out
+        if lo == MAX_ADDR:
+            base = hi
+        elif lo < hi:
+            out.append([base + lo, base + hi])
+
+
+def read_loclist(data: bytes, pos: int, base: int, addrx: AddrIndex) -> list[list[int | str]]:
+    """Decode a DWARF 5 location list at pos into [[lo, hi, expr_hex], ...].
+
+    A default location (DW_LLE_default_location) comes last, covering every
+    address; consumers take the first entry that contains the pc.
+    """
+    out: list[list[int | str]] = []
+    default: list[int | str] | None = None
+    while True:
+        kind = data[pos]
+        pos += 1
+        if kind == 0:  # DW_LLE_end_of_list
+            break
+        if kind == 1:  # base_addressx
+            idx, pos = uleb(data, pos)
+            base = addrx(idx)
+            continue
+        if kind == 6:  # base_address
+            base = _u(data, pos, 8)
+            pos += 8
+            continue
+        if kind == 9:  # DW_LLE_GNU_view_pair: location views, not addresses
+            _, pos = uleb(data, pos)
+            _, pos = uleb(data, pos)
+            continue
+        lo = hi = 0
+        if kind == 2:  # startx_endx
+            a, pos = uleb(data, pos)
+            b, pos = uleb(data, pos)
+            lo, hi = addrx(a), addrx(b)
+        elif kind == 3:  # startx_length
+            a, pos = uleb(data, pos)
+            length, pos = uleb(data, pos)
+            lo = addrx(a)
+            hi = lo + length
+        elif kind == 4:  # offset_pair
+            a, pos = uleb(data, pos)
+            b, pos = uleb(data, pos)
+            lo, hi = base + a, base + b
+        elif kind == 5:  # default_location
+            lo, hi = 0, MAX_ADDR
+        elif kind == 7:  # start_end
+            lo, hi = _u(data, pos, 8), _u(data, pos + 8, 8)
+            pos += 16
+        elif kind == 8:  # start_length
+            lo = _u(data, pos, 8)
+            length, pos = uleb(data, pos + 8)
+            hi = lo + length
+        else:
+            raise ValueError(f"unknown DW_LLE code {kind:#x} in .debug_loclists")
+        size, pos = uleb(data, pos)
+        expr = data[pos : pos + size].hex()
+        pos += size
+        if kind == 5:
+            default = [lo, hi, expr]
+        elif lo < hi:
+            out.append([lo, hi, expr])
+    if default is not None:
+        out.append(default)
+    return out
+
+
+def read_loc_v4(data: bytes, pos: int, base: int) -> list[list[int | str]]:
+    """Decode a DWARF 2-4 .debug_loc list at pos into [[lo, hi, expr_hex], ...]."""
+    out: list[list[int | str]] = []
+    while True:
+        lo, hi = _u(data, pos, 8), _u(data, pos + 8, 8)
+        pos += 16
+        if lo == 0 and hi == 0:
+            return out
+        if lo == MAX_ADDR:
+            base = hi
+            continue
+        size = _u(data, pos, 2)
+        pos += 2
+        if lo < hi:
+            out.append([base + lo, base + hi, data[pos : pos + size].hex()])
+        pos += size
+
+
+@dataclass
+class LineHeader:
+    """The parts of a line-program header the row decoder needs."""
+
+    min_inst_length: int
+    line_base: int
+    line_range: int
+    opcode_base: int
+    standard_opcode_lengths: list[int]
+
+
+Sequence = list[tuple[int, int, int]]
+"""Rows (address, file index, line) of one sequence; the last row ends it (line 0)."""
+
+
+def read_line_rows(data: bytes, start: int, end: int, hdr: LineHeader) -> list[Sequence]:
+    """Run a line-number program; return its sequences of (address, file, line) rows.
+
+    Each sequence's last row is its end address with line 0.  Rows at the same
+    address are kept in program order (later rows win on lookup).
+    """
+    sequences: list[Sequence] = []
+    rows: Sequence = []
+    address, file, line = 0, 1, 1
+    pos = start
+    opcode_base = hdr.opcode_base
+    line_base = hdr.line_base
+    line_range = hdr.line_range
+    min_len = hdr.min_inst_length
+    lengths = hdr.standard_opcode_lengths
+    while pos < end:
+        op = data[pos]
+        pos += 1
+        if op >= opcode_base:
+            adjusted = op - opcode_base
+            address += (adjusted // line_range) * min_len
+            line += line_base + adjusted % line_range
+            rows.append((address, file, line))
+        elif op == 0:
+            size, pos = uleb(data, pos)
+            sub = data[pos]
+            if sub == 1:  # DW_LNE_end_sequence
+                rows.append((address, file, 0))
+                sequences.append(rows)
+                rows = []
+                address, file, line = 0, 1, 1
+            elif sub == 2:  # DW_LNE_set_address
+                address = _u(data, pos + 1, size - 1)
+            pos += size
+        elif op == 1:  # copy
+            rows.append((address, file, line))
+        elif op == 2:  # advance_pc
+            delta, pos = uleb(data, pos)
+            address += delta * min_len
+        elif op == 3:  # advance_line
+            delta, pos = sleb(data, pos)
+            line += delta
+        elif op == 4:  # set_file
+            file, pos = uleb(data, pos)
+        elif op == 8:  # const_add_pc
+            address += ((255 - opcode_base) // line_range) * min_len
+        elif op == 9:  # fixed_advance_pc
+            address += _u(data, pos, 2)
+            pos += 2
+        else:  # set_column, negate_stmt, prologue_end, set_isa, ...: operands only
+            for _ in range(lengths[op - 1]):
+                _, pos = uleb(data, pos)
+    return sequences

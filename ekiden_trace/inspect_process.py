@@ -1,0 +1,98 @@
+"""`inspect`: stop a live process briefly, capture its tagged state, and leave it as it was."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .capture import Capturer
+from .control import ControlBlock, choose_stop_signal
+from .errors import BinaryError, TargetError
+from .live import LiveProcess
+from .process import Tracee
+from .program import Program
+from .snapshot import Snapshot, StopLocation
+from .stopping import leave, wait_for_point
+from .unwind import Frame
+
+STOP_FUNCTION = "ekiden__stop"
+
+
+@dataclass(frozen=True)
+class InspectOptions:
+    """What `inspect` was asked for."""
+
+    point: str | None = None
+    now: bool = False
+    timeout: float = 10.0
+
+
+def program_of(pid: int) -> Program:
+    """The marked program a process runs, read from its executable (before touching it)."""
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except FileNotFoundError:
+        raise TargetError(f"there is no process with pid {pid}; check the pid (e.g. with pgrep).") from None
+    except PermissionError:
+        raise TargetError(
+            f"process {pid} belongs to another user and its executable cannot be read; "
+            "run ekiden-trace as that user or as root."
+        ) from None
+    except OSError:
+        raise TargetError(f"process {pid} has no executable (a kernel thread?); pick a user process.") from None
+    path = exe if os.path.exists(exe) else f"/proc/{pid}/exe"
+    return Program(path)
+
+
+def _describe_frames(live: LiveProcess, frames: list[Frame]) -> list[str]:
+    names = []
+    for frame in frames:
+        pc = frame.pc - (0 if frame.is_top else 1)
+        found = live.symbol_at(pc)
+        names.append(found[0] if found else f"{frame.pc:#x}")
+    return names
+
+
+def _stop_location(live: LiveProcess, frames: list[Frame], point: str | None) -> StopLocation:
+    names = _describe_frames(live, frames)
+    # At a mark, frame 0 is the marks' slow path; the point is in its caller.
+    user = 1 if point and len(frames) > 1 and names[0] == STOP_FUNCTION else 0
+    pc = frames[user].pc - (0 if frames[user].is_top else 1) if frames else 0
+    link_pc = pc - live.bias
+    function = live.program.index.function_at(link_pc)
+    line = live.program.index.line_at(link_pc)
+    return StopLocation(
+        point=point,
+        pc=pc,
+        function=function.name if function else (names[user] if names else None),
+        file=line[0] if line else None,
+        line=line[1] if line else None,
+        frames=names[user:],
+    )
+
+
+def inspect(pid: int, options: InspectOptions) -> Snapshot:
+    """Capture the tagged state of process `pid`; it keeps running, untouched, afterwards."""
+    program = program_of(pid)
+    if options.point is not None and options.point not in program.point_names:
+        known = ", ".join(sorted(program.point_names)) or "none"
+        raise BinaryError(
+            f"{program.path} has no update point named {options.point}; its points are: {known}."
+        )
+    _ = program.tags  # resolve tags before the pause
+    live = LiveProcess(pid, program)
+    tracee = Tracee.seize(pid)
+    control = None
+    try:
+        point = None
+        if not options.now:
+            control = ControlBlock(tracee, program.marks.control + live.bias)
+            control.check()
+            signo = choose_stop_signal(tracee)
+            point = wait_for_point(tracee, control, signo, options.point, options.timeout).what
+        live.stopped(tracee)
+        frames = live.frames()
+        stop = _stop_location(live, frames, point)
+        return Capturer(live).capture(stop, frames)
+    finally:
+        leave(tracee, control)

@@ -1,0 +1,147 @@
+"""A traced process seen through its program: load bias, address regions, frames."""
+
+from __future__ import annotations
+
+import bisect
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from .dwarf.cache import file_key, load_or_build
+from .dwarf.cfi import CallFrameTable
+from .dwarf.expr import regs_to_dwarf
+from .elf import ElfBinary
+from .errors import TargetError
+from .process import Mapping, Tracee, read_maps
+from .program import Program, SymbolTable
+from .unwind import Frame, ModuleMap, unwind
+
+CFI_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Module:
+    """A mapped ELF file: its runtime extent and load bias."""
+
+    path: str
+    start: int
+    end: int
+    bias: int
+
+
+def _same_file(a: str, b: str | Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _call_frame_table(path: str) -> CallFrameTable:
+    data = load_or_build(f"{file_key(path)}-cfi-v{CFI_FORMAT}",
+                         lambda: CallFrameTable.from_elf(path).to_json())
+    return CallFrameTable.from_json(data)
+
+
+class LiveProcess:
+    """A process running a known Program.
+
+    Built before the process is stopped (everything slow happens here: module
+    list, unwind tables, symbols); `stopped()` then binds it to the tracee.
+    """
+
+    def __init__(self, pid: int, program: Program) -> None:
+        self.pid = pid
+        self.program = program
+        self.tracee: Tracee | None = None
+        exe = f"/proc/{pid}/exe"
+        if not _same_file(exe, program.path):
+            raise TargetError(
+                f"process {pid} runs {os.path.realpath(exe)}, not {program.path}; "
+                "give the binary the process was started from."
+            )
+        self._set_maps(read_maps(pid))
+        self.modules = self._modules()
+        self._main = next(m for m in self.modules if _same_file(m.path, program.path))
+        self.bias = self._main.bias
+        self._module_map = ModuleMap(
+            [(m.start, m.end, m.bias, m.path, _call_frame_table(m.path)) for m in self.modules]
+        )
+        _ = self._library_symbols
+
+    def _set_maps(self, maps: list[Mapping]) -> None:
+        self.maps = maps
+        self._starts = [m.start for m in maps]
+
+    def stopped(self, tracee: Tracee) -> None:
+        """Bind to the stopped tracee and re-read its mappings (the heap may have grown)."""
+        self.tracee = tracee
+        self._set_maps(tracee.maps())
+
+    def _modules(self) -> list[Module]:
+        modules: dict[str, Module] = {}
+        for mapping in self.maps:
+            if not mapping.path.startswith("/") or mapping.path in modules:
+                continue
+            extent = [m for m in self.maps if m.path == mapping.path]
+            try:
+                elf = ElfBinary(mapping.path)
+            except Exception:  # noqa: BLE001 - any unreadable mapping is simply not a module
+                continue
+            first = min(extent, key=lambda m: m.offset)
+            bias = first.start - first.offset - elf.first_load_vaddr
+            elf.close()
+            modules[mapping.path] = Module(
+                mapping.path, min(m.start for m in extent), max(m.end for m in extent), bias
+            )
+        return list(modules.values())
+
+    def mapping_at(self, addr: int) -> Mapping | None:
+        """The mapping that holds a runtime address."""
+        i = bisect.bisect_right(self._starts, addr) - 1
+        if i >= 0 and addr < self.maps[i].end:
+            return self.maps[i]
+        return None
+
+    def region(self, addr: int) -> str:
+        """Classify an address: 'data' or 'code' (of the program), 'heap', 'stack', 'library', 'unmapped'."""
+        mapping = self.mapping_at(addr)
+        if mapping is None:
+            return "unmapped"
+        if mapping.path == "[stack]":
+            return "stack"
+        if self._main.start <= addr < self._main.end and mapping.path == self._main.path:
+            return "data" if "w" in mapping.perms else "code"
+        if mapping.path in ("", "[heap]") and "w" in mapping.perms:
+            return "heap"
+        return "library"
+
+    @cached_property
+    def _library_symbols(self) -> dict[str, SymbolTable]:
+        tables = {}
+        for module in self.modules:
+            if module is self._main:
+                continue
+            elf = ElfBinary(module.path)
+            tables[module.path] = SymbolTable(elf.symbols())
+            elf.close()
+        return tables
+
+    def symbol_at(self, addr: int) -> tuple[str, int] | None:
+        """(symbol name, offset) for a runtime address in any module; library names get @lib."""
+        for module in self.modules:
+            if module.start <= addr < module.end:
+                if module is self._main:
+                    table, suffix = self.program.symbols, ""
+                else:
+                    table, suffix = self._library_symbols[module.path], "@" + Path(module.path).name
+                sym = table.containing(addr - module.bias)
+                if sym is None:
+                    return None
+                return sym.name + suffix, addr - module.bias - sym.addr
+        return None
+
+    def frames(self) -> list[Frame]:
+        """The current thread's frames, unwound with CFI from the registers at the stop."""
+        assert self.tracee is not None, "frames() needs a stopped tracee"
+        return unwind(regs_to_dwarf(self.tracee.regs()), self._module_map, self.tracee.read_word)

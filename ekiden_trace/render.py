@@ -1,0 +1,259 @@
+"""Text and JSON views of a snapshot (inspect) and of a program's marks (points).
+
+The JSON layout is documented in README.md ("JSON output") and is stable:
+fields are only ever added.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .program import Program
+from .snapshot import (
+    ArrayValue,
+    CharArray,
+    EnumValue,
+    FunctionRef,
+    GlobalRef,
+    HeapObject,
+    LiteralRef,
+    ObjectRef,
+    Pointer,
+    Snapshot,
+    StructValue,
+    UnionValue,
+    Unfollowed,
+    Value,
+)
+
+INSPECT_FORMAT = "ekiden-trace/inspect/1"
+POINTS_FORMAT = "ekiden-trace/points/1"
+LINE_WIDTH = 100
+SPARSE_ARRAY = 8
+
+
+def text_of(raw: bytes) -> str:
+    """Bytes as text: UTF-8 where valid, backslash escapes elsewhere."""
+    return raw.decode("utf-8", "backslashreplace")
+
+
+# -- JSON --------------------------------------------------------------------
+
+
+def value_json(value: Value | None) -> Any:
+    """The JSON form of one value (see README.md, 'JSON output')."""
+    if value is None or isinstance(value, int | float):
+        return value
+    if isinstance(value, EnumValue):
+        return {"enum": value.name, "value": value.value}
+    if isinstance(value, StructValue):
+        return {"struct": value.type_name,
+                "fields": {k: value_json(v) for k, v in value.fields.items()}}
+    if isinstance(value, UnionValue):
+        return {
+            "union": value.type_name,
+            "active": value.active,
+            "members": {k: value_json(v) for k, v in value.members.items()},
+            "bytes": value.raw.hex(),
+        }
+    if isinstance(value, ArrayValue):
+        return [value_json(v) for v in value.items]
+    if isinstance(value, CharArray):
+        return {"chars": text_of(value.text), "bytes": value.raw.hex()}
+    return _pointer_json(value)
+
+
+def _pointer_json(pointer: Pointer) -> Any:
+    target = pointer.target
+    if pointer.addr == 0:
+        return None
+    if isinstance(target, ObjectRef):
+        return {"ref": target.object_id, **({"offset": target.offset} if target.offset else {})}
+    if isinstance(target, FunctionRef):
+        return {"function": target.symbol, "address": hex(pointer.addr)}
+    if isinstance(target, GlobalRef):
+        return {"global": target.symbol, "offset": target.offset}
+    if isinstance(target, LiteralRef):
+        return {"literal": text_of(target.text)}
+    reason = target.reason if isinstance(target, Unfollowed) else "not followed"
+    return {"address": hex(pointer.addr), "unfollowed": reason}
+
+
+def _object_json(obj: HeapObject) -> dict[str, Any]:
+    out: dict[str, Any] = {"address": hex(obj.addr), "type": obj.type_name, "count": obj.count}
+    if obj.string is not None:
+        out["string"] = text_of(obj.string)
+    else:
+        out["value"] = value_json(obj.value)
+    return out
+
+
+def snapshot_json(snapshot: Snapshot) -> dict[str, Any]:
+    """The whole snapshot as a JSON-ready dict."""
+    stop = snapshot.stop
+    return {
+        "format": INSPECT_FORMAT,
+        "pid": snapshot.pid,
+        "binary": snapshot.binary,
+        "build_id": snapshot.build_id,
+        "stop": {
+            "point": stop.point,
+            "pc": hex(stop.pc),
+            "function": stop.function,
+            "file": stop.file,
+            "line": stop.line,
+            "frames": stop.frames,
+        },
+        "variables": [
+            {
+                "name": v.name,
+                "key": v.key,
+                "scope": v.scope,
+                "function": v.function,
+                "file": v.file,
+                "type": v.c_type,
+                "address": hex(v.address) if v.address is not None else None,
+                "value": value_json(v.value),
+                **({"absent": v.absent} if v.absent else {}),
+            }
+            for v in snapshot.variables
+        ],
+        "objects": {str(oid): _object_json(obj) for oid, obj in snapshot.objects.items()},
+        "bytes_read": snapshot.bytes_read,
+    }
+
+
+# -- text --------------------------------------------------------------------
+
+
+class _TextRenderer:
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.objects = snapshot.objects
+
+    def value(self, value: Value | None, indent: int) -> str:
+        if value is None:
+            return "<unreadable>"
+        if isinstance(value, bool | int):
+            return str(value)
+        if isinstance(value, float):
+            return repr(value)
+        if isinstance(value, EnumValue):
+            return value.name or f"{value.value} /* no enumerator */"
+        if isinstance(value, CharArray):
+            return json.dumps(text_of(value.text), ensure_ascii=False)
+        if isinstance(value, Pointer):
+            return self.pointer(value)
+        if isinstance(value, StructValue):
+            return self.braces([f"{k} = {self.value(v, indent + 4)}" for k, v in value.fields.items()], indent)
+        if isinstance(value, UnionValue):
+            parts = [f"{k} = {self.value(v, indent + 4)}" for k, v in value.members.items()]
+            if value.active is None:
+                parts.append(f"/* bytes {value.raw.hex()} */")
+            return self.braces(parts, indent)
+        return self.array(value, indent)
+
+    def array(self, value: ArrayValue, indent: int) -> str:
+        items = value.items
+        empty = [_is_empty(v) for v in items]
+        if len(items) > SPARSE_ARRAY and any(empty):
+            parts = [f"[{i}] = {self.value(v, indent + 4)}" for i, v in enumerate(items) if not empty[i]]
+            parts.append(f"/* {sum(empty)} of {len(items)} empty */")
+        else:
+            parts = [self.value(v, indent + 4) for v in items]
+        return self.braces(parts, indent)
+
+    def pointer(self, pointer: Pointer) -> str:
+        target = pointer.target
+        if pointer.addr == 0:
+            return "NULL"
+        if isinstance(target, ObjectRef):
+            obj = self.objects[target.object_id]
+            if obj.string is not None and not target.offset:
+                return json.dumps(text_of(obj.string), ensure_ascii=False)
+            return f"#{target.object_id}" + (f"+{target.offset}" if target.offset else "")
+        if isinstance(target, FunctionRef):
+            return f"&{target.symbol}" if target.symbol else f"(function) {pointer.addr:#x}"
+        if isinstance(target, GlobalRef):
+            return f"&{target.symbol}" + (f"+{target.offset}" if target.offset else "")
+        if isinstance(target, LiteralRef):
+            return json.dumps(text_of(target.text), ensure_ascii=False)
+        reason = target.reason if isinstance(target, Unfollowed) else "not followed"
+        return f"{pointer.addr:#x} /* {reason} */"
+
+    @staticmethod
+    def braces(parts: list[str], indent: int) -> str:
+        one_line = "{ " + ", ".join(parts) + " }" if parts else "{}"
+        if len(one_line) + indent <= LINE_WIDTH and "\n" not in one_line:
+            return one_line
+        pad = " " * (indent + 4)
+        return "{\n" + "".join(f"{pad}{p},\n" for p in parts) + " " * indent + "}"
+
+
+def _is_empty(value: Value) -> bool:
+    return (isinstance(value, Pointer) and value.addr == 0) or value == 0
+
+
+def snapshot_text(snapshot: Snapshot) -> str:
+    """A readable, C-like view: variables first, then each heap object once by id."""
+    render = _TextRenderer(snapshot)
+    stop = snapshot.stop
+    where = f"{stop.function or '??'}"
+    if stop.file:
+        where += f" ({stop.file}:{stop.line})"
+    at = f"update point {stop.point} in {where}" if stop.point else where
+    lines = [f"process {snapshot.pid}: {snapshot.binary}", f"stopped at {at}"]
+    if stop.frames:
+        lines.append("frames: " + " <- ".join(stop.frames))
+    lines.append("")
+    for var in snapshot.variables:
+        head = f"{var.c_type} {var.name}  /* {var.scope_text} */"
+        if var.absent:
+            lines.append(f"{head} = <{var.absent}>")
+        else:
+            lines.append(f"{head} = {render.value(var.value, 0)}")
+    structured = [o for o in snapshot.objects.values() if o.string is None]
+    if structured:
+        lines += ["", f"heap objects ({len(snapshot.objects)}, strings shown inline):"]
+        for obj in structured:
+            shape = f"{obj.type_name}[{obj.count}]" if obj.is_array else obj.type_name
+            lines.append(f"#{obj.id} {shape} @ {obj.addr:#x} = {render.value(obj.value, 0)}")
+    return "\n".join(lines) + "\n"
+
+
+# -- points --------------------------------------------------------------------
+
+
+def points_json(program: Program) -> dict[str, Any]:
+    """Marks of a binary as a JSON-ready dict."""
+    return {
+        "format": POINTS_FORMAT,
+        "binary": str(program.path),
+        "build_id": program.build_id,
+        "points": [
+            {"name": p.name, "function": p.function, "file": p.file, "line": p.line,
+             "address": hex(p.pc)}
+            for p in program.points
+        ],
+        "tags": [
+            {"name": t.name, "key": t.key, "scope": t.scope, "function": t.variable.function,
+             "file": t.variable.cu, "type": t.c_type, "size": t.size}
+            for t in program.tags
+        ],
+        "hints": program.hints.describe(),
+    }
+
+
+def points_text(program: Program) -> str:
+    """Marks of a binary as aligned text tables."""
+    data = points_json(program)
+    lines = [f"{program.path} (build-id {program.build_id})", "", "update points:"]
+    lines += [f"  {p['name']:<16} {p['function'] or '??':<20} {p['file']}:{p['line']}"
+              for p in data["points"]]
+    lines += ["", "tagged variables:"]
+    for tag in program.tags:
+        lines.append(f"  {tag.name:<16} {tag.describe_scope():<32} {tag.c_type:<28} "
+                     f"{tag.size if tag.size is not None else '?'} bytes")
+    lines += ["", "hints:"]
+    lines += [f"  {h['subject']:<32} {h['hint']}" for h in data["hints"]] or ["  (none)"]
+    return "\n".join(lines) + "\n"

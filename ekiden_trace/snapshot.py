@@ -1,0 +1,161 @@
+"""A version-neutral snapshot of tagged state: a typed value graph with object identity.
+
+Values are plain Python objects: ints and floats for scalars, and the classes
+below for everything with structure.  Heap objects are held once in
+`Snapshot.objects`; pointers refer to them by id, so sharing and cycles are
+kept exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class EnumValue:
+    """An enum value, with its enumerator name when the value has one."""
+
+    name: str | None
+    value: int
+
+
+@dataclass
+class StructValue:
+    """A struct: its C type name and its fields in declaration order."""
+
+    type_name: str
+    fields: dict[str, Value]
+
+
+@dataclass
+class UnionValue:
+    """A union: its raw bytes, the active member when a hint tells, and readable members."""
+
+    type_name: str
+    raw: bytes
+    active: str | None
+    members: dict[str, Value]
+
+
+@dataclass
+class ArrayValue:
+    """A fixed or hinted array."""
+
+    items: list[Value]
+
+
+@dataclass
+class CharArray:
+    """A char array, kept as its exact bytes."""
+
+    raw: bytes
+
+    @property
+    def text(self) -> bytes:
+        return self.raw.split(b"\0", 1)[0]
+
+
+@dataclass
+class Pointer:
+    """A pointer value; `target` says where it points once capture has followed it."""
+
+    addr: int
+    target: Target | None = None
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """Points into a heap object of the snapshot."""
+
+    object_id: int
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class FunctionRef:
+    """Points to a function, named by its symbol."""
+
+    symbol: str | None
+
+
+@dataclass(frozen=True)
+class GlobalRef:
+    """Points into a global or static object of the program, named by its symbol."""
+
+    symbol: str
+    offset: int
+
+
+@dataclass(frozen=True)
+class LiteralRef:
+    """Points to read-only data such as a string literal; the bytes are carried."""
+
+    text: bytes
+
+
+@dataclass(frozen=True)
+class Unfollowed:
+    """A pointer left as a number, with the reason ('opaque', 'untyped', 'stack', ...)."""
+
+    reason: str
+
+
+Target = ObjectRef | FunctionRef | GlobalRef | LiteralRef | Unfollowed | None
+Value = int | float | EnumValue | StructValue | UnionValue | ArrayValue | CharArray | Pointer
+
+
+@dataclass
+class HeapObject:
+    """One heap object: `count` elements of `type_name`, or a string when `string` is set."""
+
+    id: int
+    addr: int
+    type_name: str
+    count: int
+    value: Value | None = None
+    string: bytes | None = None
+
+    @property
+    def is_array(self) -> bool:
+        return isinstance(self.value, ArrayValue) and self.count != 1
+
+
+@dataclass
+class CapturedVariable:
+    """A tagged variable and its value at the moment of capture."""
+
+    name: str
+    key: str
+    scope: str
+    scope_text: str
+    function: str | None
+    file: str
+    c_type: str
+    address: int | None
+    value: Value | None
+    absent: str | None = None  # why there is no value (e.g. its function is not active)
+
+
+@dataclass
+class StopLocation:
+    """Where the process stood: an update point, or anywhere (--now)."""
+
+    point: str | None
+    pc: int
+    function: str | None
+    file: str | None
+    line: int | None
+    frames: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Snapshot:
+    """The tagged state of one process."""
+
+    pid: int
+    binary: str
+    build_id: str
+    stop: StopLocation
+    variables: list[CapturedVariable]
+    objects: dict[int, HeapObject]
+    bytes_read: int = 0

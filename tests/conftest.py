@@ -1,0 +1,72 @@
+"""Shared helpers: run the real ekiden-trace command, and look at a process from outside."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_tool(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run `ekiden-trace ARGS` as a user would, capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "ekiden_trace", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
+def tool_json(*args: str) -> Any:
+    """Run `ekiden-trace ARGS --json`, require success, and parse its output."""
+    result = run_tool(*args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def code_bytes(pid: int) -> bytes:
+    """The contents of every executable file mapping of a process."""
+    chunks = []
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb") as mem:
+        for line in maps:
+            fields = line.split()
+            if "x" in fields[1] and len(fields) > 5 and fields[5].startswith("/"):
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                mem.seek(start)
+                chunks.append(mem.read(end - start))
+    return b"".join(chunks)
+
+
+def process_state(pid: int) -> str:
+    """The one-letter state of a process from /proc/PID/stat (R, S, t, Z, ...)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def tracer_of(pid: int) -> int:
+    """TracerPid of a process (0 when nobody traces it)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("TracerPid:"):
+            return int(line.split()[1])
+    return 0
+
+
+def ptrace_allowed() -> bool:
+    """Whether this user may trace its own children here."""
+    if os.geteuid() == 0:
+        return True
+    scope = Path("/proc/sys/kernel/yama/ptrace_scope")
+    return not scope.exists() or scope.read_text().strip() in ("0", "1")
+
+
+needs_ptrace = pytest.mark.skipif(
+    not ptrace_allowed(), reason="ptrace is not permitted for this user (yama ptrace_scope)"
+)
