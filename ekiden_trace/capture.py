@@ -40,8 +40,8 @@ from .snapshot import (
     Snapshot,
     StopLocation,
     StructValue,
-    UnionValue,
     Unfollowed,
+    UnionValue,
     Value,
 )
 from .unwind import Frame
@@ -124,6 +124,7 @@ class Capturer:
             function=var.function,
             file=var.cu,
             c_type=tag.c_type,
+            declaration=tag.declaration,
             address=None,
             value=None,
         )
@@ -153,7 +154,7 @@ class Capturer:
         if var.location["kind"] == "addr":
             return "memory", var.location["addr"] + bias
         for frame in frames:
-            lookup_pc = frame.pc - bias - (0 if frame.is_top else 1)
+            lookup_pc = frame.lookup_pc - bias
             function = self.index.function_at(lookup_pc)
             if function is None or var.function not in (function.name, *self._inlined(lookup_pc)):
                 continue
@@ -242,8 +243,9 @@ class Capturer:
         if info.kind == "pointer":
             pointer = Pointer(int.from_bytes(raw, "little"))
             count = self._hinted_count(hint, siblings)
-            self._queue.append(_Follow(pointer, info.target if info.target is not None else -1,
-                                       hint, count))
+            self._queue.append(
+                _Follow(pointer, info.target if info.target is not None else -1, hint, count)
+            )
             return pointer
         if info.kind == "struct":
             return self._decode_struct(info, data, offset)
@@ -315,7 +317,9 @@ class Capturer:
             return self._holds_pointer(info.target, depth + 1)
         return False
 
-    def _hinted_count(self, hint: PointerHint | None, siblings: dict[str, Value] | None) -> int | None:
+    def _hinted_count(
+        self, hint: PointerHint | None, siblings: dict[str, Value] | None
+    ) -> int | None:
         if hint is None or hint.kind not in ("array", "buffer") or hint.length is None:
             return None
         length = hint.length.strip()

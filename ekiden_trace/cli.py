@@ -71,10 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("pid", type=int)
     inspect.add_argument("--json", action="store_true", help="print JSON")
     inspect.add_argument("--point", help="wait for this update point (default: any)")
-    inspect.add_argument("--now", action="store_true",
-                         help="read wherever the process is, without waiting for a point")
-    inspect.add_argument("--timeout", type=float, default=10.0,
-                         help="seconds to wait for an update point (default 10)")
+    inspect.add_argument(
+        "--now",
+        action="store_true",
+        help="read wherever the process is, without waiting for a point",
+    )
+    inspect.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for an update point (default 10)",
+    )
     inspect.set_defaults(run=_cmd_inspect)
     return parser
 

@@ -82,7 +82,8 @@ class Hints:
             for (subject, fld), hint in sorted(self.fields.items())
         ]
         rows += [
-            {"subject": name, "hint": hint.describe()} for name, hint in sorted(self.variables.items())
+            {"subject": name, "hint": hint.describe()}
+            for name, hint in sorted(self.variables.items())
         ]
         for (subject, fld), cases in sorted(self.unions.items()):
             for case in cases:

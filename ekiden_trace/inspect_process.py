@@ -32,32 +32,27 @@ def program_of(pid: int) -> Program:
     try:
         exe = os.readlink(f"/proc/{pid}/exe")
     except FileNotFoundError:
-        raise TargetError(f"there is no process with pid {pid}; check the pid (e.g. with pgrep).") from None
+        raise TargetError(
+            f"there is no process with pid {pid}; check the pid (e.g. with pgrep)."
+        ) from None
     except PermissionError:
         raise TargetError(
             f"process {pid} belongs to another user and its executable cannot be read; "
             "run ekiden-trace as that user or as root."
         ) from None
     except OSError:
-        raise TargetError(f"process {pid} has no executable (a kernel thread?); pick a user process.") from None
+        raise TargetError(
+            f"process {pid} has no executable (a kernel thread?); pick a user process."
+        ) from None
     path = exe if os.path.exists(exe) else f"/proc/{pid}/exe"
     return Program(path)
 
 
-def _describe_frames(live: LiveProcess, frames: list[Frame]) -> list[str]:
-    names = []
-    for frame in frames:
-        pc = frame.pc - (0 if frame.is_top else 1)
-        found = live.symbol_at(pc)
-        names.append(found[0] if found else f"{frame.pc:#x}")
-    return names
-
-
 def _stop_location(live: LiveProcess, frames: list[Frame], point: str | None) -> StopLocation:
-    names = _describe_frames(live, frames)
+    names = [live.code_name(frame.lookup_pc) for frame in frames]
     # At a mark, frame 0 is the marks' slow path; the point is in its caller.
     user = 1 if point and len(frames) > 1 and names[0] == STOP_FUNCTION else 0
-    pc = frames[user].pc - (0 if frames[user].is_top else 1) if frames else 0
+    pc = frames[user].lookup_pc if frames else 0
     link_pc = pc - live.bias
     function = live.program.index.function_at(link_pc)
     line = live.program.index.line_at(link_pc)

@@ -38,8 +38,9 @@ def _same_file(a: str, b: str | Path) -> bool:
 
 
 def _call_frame_table(path: str) -> CallFrameTable:
-    data = load_or_build(f"{file_key(path)}-cfi-v{CFI_FORMAT}",
-                         lambda: CallFrameTable.from_elf(path).to_json())
+    data = load_or_build(
+        f"{file_key(path)}-cfi-v{CFI_FORMAT}", lambda: CallFrameTable.from_elf(path).to_json()
+    )
     return CallFrameTable.from_json(data)
 
 
@@ -86,7 +87,7 @@ class LiveProcess:
             extent = [m for m in self.maps if m.path == mapping.path]
             try:
                 elf = ElfBinary(mapping.path)
-            except Exception:  # noqa: BLE001 - any unreadable mapping is simply not a module
+            except Exception:
                 continue
             first = min(extent, key=lambda m: m.offset)
             bias = first.start - first.offset - elf.first_load_vaddr
@@ -104,7 +105,7 @@ class LiveProcess:
         return None
 
     def region(self, addr: int) -> str:
-        """Classify an address: 'data' or 'code' (of the program), 'heap', 'stack', 'library', 'unmapped'."""
+        """Classify an address: program 'data' or 'code', 'heap', 'stack', 'library', 'unmapped'."""
         mapping = self.mapping_at(addr)
         if mapping is None:
             return "unmapped"
@@ -140,6 +141,21 @@ class LiveProcess:
                     return None
                 return sym.name + suffix, addr - module.bias - sym.addr
         return None
+
+    def code_name(self, addr: int) -> str:
+        """A readable name for a code address: its function (from DWARF when known), else
+        symbol@library, else library+offset."""
+        if self._main.start <= addr < self._main.end:
+            function = self.program.index.function_at(addr - self.bias)
+            if function is not None:
+                return function.name
+        found = self.symbol_at(addr)
+        if found is not None:
+            return found[0]
+        module = next((m for m in self.modules if m.start <= addr < m.end), None)
+        if module is None:
+            return f"{addr:#x}"
+        return f"{Path(module.path).name}+{addr - module.bias:#x}"
 
     def frames(self) -> list[Frame]:
         """The current thread's frames, unwound with CFI from the registers at the stop."""

@@ -36,6 +36,7 @@ class TaggedVariable:
 
     variable: Variable
     c_type: str
+    declaration: str
     size: int | None
 
     @property
@@ -62,7 +63,7 @@ class TaggedVariable:
         if var.scope == "global":
             return "global"
         if var.scope == "file_static":
-            return f"file static of {var.cu}"
+            return f"file static of {Path(var.cu).name}"
         if var.scope == "function_static":
             return f"function static of {var.function}"
         return f"{'parameter' if var.scope == 'parameter' else 'local'} of {var.function}"
@@ -148,8 +149,12 @@ class Program:
                     f"the tag of `{mark.name}` at {at} names no variable in {self.path}'s "
                     "debug info; tag a plain variable name and rebuild with -g."
                 )
+            types = self.index.types
             tagged = TaggedVariable(
-                var, c_name(self.index.types, var.type), byte_size(self.index.types, var.type)
+                var,
+                c_name(types, var.type),
+                c_name(types, var.type, var.name),
+                byte_size(types, var.type),
             )
             found.setdefault(tagged.key, tagged)
         return sorted(found.values(), key=lambda t: (t.scope != "global", t.key))

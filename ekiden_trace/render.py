@@ -22,8 +22,8 @@ from .snapshot import (
     Pointer,
     Snapshot,
     StructValue,
-    UnionValue,
     Unfollowed,
+    UnionValue,
     Value,
 )
 
@@ -48,8 +48,10 @@ def value_json(value: Value | None) -> Any:
     if isinstance(value, EnumValue):
         return {"enum": value.name, "value": value.value}
     if isinstance(value, StructValue):
-        return {"struct": value.type_name,
-                "fields": {k: value_json(v) for k, v in value.fields.items()}}
+        return {
+            "struct": value.type_name,
+            "fields": {k: value_json(v) for k, v in value.fields.items()},
+        }
     if isinstance(value, UnionValue):
         return {
             "union": value.type_name,
@@ -145,7 +147,9 @@ class _TextRenderer:
         if isinstance(value, Pointer):
             return self.pointer(value)
         if isinstance(value, StructValue):
-            return self.braces([f"{k} = {self.value(v, indent + 4)}" for k, v in value.fields.items()], indent)
+            return self.braces(
+                [f"{k} = {self.value(v, indent + 4)}" for k, v in value.fields.items()], indent
+            )
         if isinstance(value, UnionValue):
             parts = [f"{k} = {self.value(v, indent + 4)}" for k, v in value.members.items()]
             if value.active is None:
@@ -157,7 +161,9 @@ class _TextRenderer:
         items = value.items
         empty = [_is_empty(v) for v in items]
         if len(items) > SPARSE_ARRAY and any(empty):
-            parts = [f"[{i}] = {self.value(v, indent + 4)}" for i, v in enumerate(items) if not empty[i]]
+            parts = [
+                f"[{i}] = {self.value(v, indent + 4)}" for i, v in enumerate(items) if not empty[i]
+            ]
             parts.append(f"/* {sum(empty)} of {len(items)} empty */")
         else:
             parts = [self.value(v, indent + 4) for v in items]
@@ -190,8 +196,17 @@ class _TextRenderer:
         return "{\n" + "".join(f"{pad}{p},\n" for p in parts) + " " * indent + "}"
 
 
-def _is_empty(value: Value) -> bool:
-    return (isinstance(value, Pointer) and value.addr == 0) or value == 0
+def _is_empty(value: Value | None) -> bool:
+    """Zero, NULL, all-zero chars, or a struct or array of nothing but those."""
+    if isinstance(value, Pointer):
+        return value.addr == 0
+    if isinstance(value, CharArray):
+        return not value.raw.strip(b"\0")
+    if isinstance(value, StructValue):
+        return all(_is_empty(v) for v in value.fields.values())
+    if isinstance(value, ArrayValue):
+        return all(_is_empty(v) for v in value.items)
+    return value == 0
 
 
 def snapshot_text(snapshot: Snapshot) -> str:
@@ -207,7 +222,7 @@ def snapshot_text(snapshot: Snapshot) -> str:
         lines.append("frames: " + " <- ".join(stop.frames))
     lines.append("")
     for var in snapshot.variables:
-        head = f"{var.c_type} {var.name}  /* {var.scope_text} */"
+        head = f"{var.declaration}  /* {var.scope_text} */"
         if var.absent:
             lines.append(f"{head} = <{var.absent}>")
         else:
@@ -231,13 +246,25 @@ def points_json(program: Program) -> dict[str, Any]:
         "binary": str(program.path),
         "build_id": program.build_id,
         "points": [
-            {"name": p.name, "function": p.function, "file": p.file, "line": p.line,
-             "address": hex(p.pc)}
+            {
+                "name": p.name,
+                "function": p.function,
+                "file": p.file,
+                "line": p.line,
+                "address": hex(p.pc),
+            }
             for p in program.points
         ],
         "tags": [
-            {"name": t.name, "key": t.key, "scope": t.scope, "function": t.variable.function,
-             "file": t.variable.cu, "type": t.c_type, "size": t.size}
+            {
+                "name": t.name,
+                "key": t.key,
+                "scope": t.scope,
+                "function": t.variable.function,
+                "file": t.variable.cu,
+                "type": t.c_type,
+                "size": t.size,
+            }
             for t in program.tags
         ],
         "hints": program.hints.describe(),
@@ -248,12 +275,16 @@ def points_text(program: Program) -> str:
     """Marks of a binary as aligned text tables."""
     data = points_json(program)
     lines = [f"{program.path} (build-id {program.build_id})", "", "update points:"]
-    lines += [f"  {p['name']:<16} {p['function'] or '??':<20} {p['file']}:{p['line']}"
-              for p in data["points"]]
+    lines += [
+        f"  {p['name']:<16} {p['function'] or '??':<20} {p['file']}:{p['line']}"
+        for p in data["points"]
+    ]
     lines += ["", "tagged variables:"]
     for tag in program.tags:
-        lines.append(f"  {tag.name:<16} {tag.describe_scope():<32} {tag.c_type:<28} "
-                     f"{tag.size if tag.size is not None else '?'} bytes")
+        lines.append(
+            f"  {tag.name:<16} {tag.describe_scope():<32} {tag.c_type:<28} "
+            f"{tag.size if tag.size is not None else '?'} bytes"
+        )
     lines += ["", "hints:"]
     lines += [f"  {h['subject']:<32} {h['hint']}" for h in data["hints"]] or ["  (none)"]
     return "\n".join(lines) + "\n"

@@ -131,6 +131,7 @@ class CapturedVariable:
     function: str | None
     file: str
     c_type: str
+    declaration: str  # the C declaration, e.g. "int client_fds[64]"
     address: int | None
     value: Value | None
     absent: str | None = None  # why there is no value (e.g. its function is not active)

@@ -27,6 +27,7 @@ from ekiden_trace.dwarf.expr import (
     RSP_REGNO,
     ExprContext,
     ExprError,
+    Location,
     MemoryLocation,
     ValueLocation,
     ValueUnknown,
@@ -158,7 +159,7 @@ def unwind(
 
 def _cfa(row: CfiRow, regs: dict[int, int], read_word: Callable[[int], int]) -> int:
     if row.cfa.expr is not None:
-        ctx = ExprContext(reg=_reg_getter(regs), read_word=read_word)
+        ctx = ExprContext(regs=regs, read_word=read_word)
         return _top_of_stack(evaluate(row.cfa.expr, ctx))
     if row.cfa.regno not in regs:
         raise ValueUnknown(f"CFA register {row.cfa.regno} not recoverable")
@@ -169,9 +170,7 @@ def _caller_regs(
     row: CfiRow, cfa: int, regs: dict[int, int], read_word: Callable[[int], int]
 ) -> dict[int, int] | None:
     """The caller's registers, or None when there is no caller (outermost frame)."""
-    ctx = ExprContext(
-        reg=_reg_getter(regs), read_word=read_word, cfa=cfa, initial_stack=(cfa,)
-    )
+    ctx = ExprContext(regs=regs, read_word=read_word, cfa=cfa, initial_stack=(cfa,))
     caller: dict[int, int] = {}
     for regno in CALLEE_SAVED:
         if regno not in row.regs and regno in regs:
@@ -179,7 +178,7 @@ def _caller_regs(
     caller[RSP_REGNO] = cfa
     for regno, rule in row.regs.items():
         try:
-            value = _apply(rule, regno, cfa, regs, read_word, ctx)
+            value = _apply(rule, regno, cfa, ctx)
         except ExprError:
             value = None
         if value is None:
@@ -193,41 +192,28 @@ def _caller_regs(
     return caller
 
 
-def _apply(
-    rule: RegRule,
-    regno: int,
-    cfa: int,
-    regs: dict[int, int],
-    read_word: Callable[[int], int],
-    ctx: ExprContext,
-) -> int | None:
-    """Value of register `regno` in the caller under `rule`; None if not recoverable."""
+def _apply(rule: RegRule, regno: int, cfa: int, ctx: ExprContext) -> int | None:
+    """Value of register `regno` in the caller under `rule`; None if not recoverable.
+
+    `ctx` holds the callee's registers, with the CFA pushed as initial stack.
+    """
     kind = rule.kind
     if kind is RuleKind.OFFSET:
-        return read_word((cfa + _int(rule.arg)) & MASK64)
+        return ctx.read_word((cfa + _int(rule.arg)) & MASK64)
     if kind is RuleKind.VAL_OFFSET:
         return cfa + _int(rule.arg)
     if kind is RuleKind.SAME_VALUE:
-        return regs.get(regno)
+        return ctx.regs.get(regno)
     if kind is RuleKind.REGISTER:
-        return regs.get(_int(rule.arg))
+        return ctx.regs.get(_int(rule.arg))
     if kind is RuleKind.EXPRESSION:
-        return read_word(_top_of_stack(evaluate(_bytes(rule.arg), ctx)))
+        return ctx.read_word(_top_of_stack(evaluate(_bytes(rule.arg), ctx)))
     if kind is RuleKind.VAL_EXPRESSION:
         return _top_of_stack(evaluate(_bytes(rule.arg), ctx))
     return None  # undefined
 
 
-def _reg_getter(regs: dict[int, int]) -> Callable[[int], int]:
-    def reg(regno: int) -> int:
-        if regno not in regs:
-            raise ValueUnknown(f"DWARF register {regno} not recoverable in this frame")
-        return regs[regno]
-
-    return reg
-
-
-def _top_of_stack(location: object) -> int:
+def _top_of_stack(location: Location) -> int:
     """The value a CFI expression leaves on top of its stack."""
     if isinstance(location, MemoryLocation):
         return location.addr

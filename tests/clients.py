@@ -236,3 +236,16 @@ def connected(client_class: type[LineClient], port: int, count: int):
     finally:
         for client in clients:
             client.close()
+
+
+def code_bytes(pid: int) -> bytes:
+    """The contents of every executable file mapping of a process."""
+    chunks = []
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb") as mem:
+        for line in maps:
+            fields = line.split()
+            if "x" in fields[1] and len(fields) > 5 and fields[5].startswith("/"):
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                mem.seek(start)
+                chunks.append(mem.read(end - start))
+    return b"".join(chunks)

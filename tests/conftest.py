@@ -32,19 +32,6 @@ def tool_json(*args: str) -> Any:
     return json.loads(result.stdout)
 
 
-def code_bytes(pid: int) -> bytes:
-    """The contents of every executable file mapping of a process."""
-    chunks = []
-    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb") as mem:
-        for line in maps:
-            fields = line.split()
-            if "x" in fields[1] and len(fields) > 5 and fields[5].startswith("/"):
-                start, end = (int(x, 16) for x in fields[0].split("-"))
-                mem.seek(start)
-                chunks.append(mem.read(end - start))
-    return b"".join(chunks)
-
-
 def process_state(pid: int) -> str:
     """The one-letter state of a process from /proc/PID/stat (R, S, t, Z, ...)."""
     stat = Path(f"/proc/{pid}/stat").read_text()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from elftools.elf.elffile import ELFFile
-from ptrace.binding.func import user_regs_struct
+from ptrace.binding.linux_struct import user_regs_struct
 
 from ekiden_trace.dwarf.expr import (
     DWARF_REG_NAMES,
@@ -25,7 +25,7 @@ from ekiden_trace.dwarf.expr import (
     evaluate,
     read_sleb128,
     read_uleb128,
-    regs_from_user_regs,
+    regs_to_dwarf,
 )
 
 MASK = (1 << 64) - 1
@@ -35,18 +35,9 @@ ADDR, DEREF, CONST1U, CONST1S, CONST2S, CONST4U, CONST8S = 0x03, 0x06, 0x08, 0x0
 CONSTU, CONSTS, DUP, DROP, OVER, PICK, SWAP = 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16
 AND, MINUS, MUL, NEG, NOT, OR, PLUS, PLUS_UCONST = 0x1A, 0x1C, 0x1E, 0x1F, 0x20, 0x21, 0x22, 0x23
 SHL, SHR, SHRA, XOR, BRA, EQ, GE, GT, LE, LT, NE, SKIP = range(0x24, 0x30)
-LIT0, REG0, BREG0, REGX, FBREG, BREGX, PIECE, DEREF_SIZE, NOP = (
-    0x30,
-    0x50,
-    0x70,
-    0x90,
-    0x91,
-    0x92,
-    0x93,
-    0x94,
-    0x96,
-)
-CALL_FRAME_CFA, IMPLICIT_VALUE, STACK_VALUE, ADDRX, ENTRY_VALUE = 0x9C, 0x9E, 0x9F, 0xA1, 0xA3
+LIT0, REG0, BREG0, REGX, FBREG, BREGX, PIECE = 0x30, 0x50, 0x70, 0x90, 0x91, 0x92, 0x93
+DEREF_SIZE, NOP, CALL_FRAME_CFA, IMPLICIT_VALUE, STACK_VALUE = 0x94, 0x96, 0x9C, 0x9E, 0x9F
+ADDRX, ENTRY_VALUE = 0xA1, 0xA3
 GNU_ENTRY_VALUE, IMPLICIT_POINTER = 0xF3, 0xA0
 
 
@@ -78,17 +69,12 @@ REGS = {0: 5, 6: 0x3000, 7: 0x2008, 16: 0x401000}
 
 
 def make_ctx(**kwargs: object) -> ExprContext:
-    def reg(regno: int) -> int:
-        if regno not in REGS:
-            raise ValueUnknown(f"register {regno}")
-        return REGS[regno]
-
     def read_word(addr: int) -> int:
         if addr not in MEMORY:
             raise OSError(f"unmapped {addr:#x}")
         return MEMORY[addr]
 
-    return ExprContext(reg=reg, read_word=read_word, **kwargs)
+    return ExprContext(regs=REGS, read_word=read_word, **kwargs)
 
 
 def value_of(expr: bytes, **kwargs: object) -> int:
@@ -116,12 +102,12 @@ def test_register_maps() -> None:
     assert all(DWARF_REGS[name] == num for num, name in DWARF_REG_NAMES.items())
 
 
-def test_regs_from_user_regs() -> None:
+def test_regs_to_dwarf() -> None:
     user = user_regs_struct()
     for num in range(17):
         setattr(user, DWARF_REG_NAMES[num], 0x100 + num)
     user.rax = (-4) & MASK  # a negative syscall return stays a 64-bit unsigned value
-    regs = regs_from_user_regs(user)
+    regs = regs_to_dwarf(user)
     assert regs[0] == MASK - 3
     assert regs[3] == user.rbx == 0x103 and regs[7] == user.rsp and regs[16] == user.rip
     assert sorted(regs) == list(range(17))

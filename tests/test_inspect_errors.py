@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clients import CounterClient, KvClient, fixture_binary, start_server
-from conftest import REPO, code_bytes, needs_ptrace, process_state, run_tool, tracer_of
+from clients import CounterClient, KvClient, code_bytes, fixture_binary, start_server
+from conftest import REPO, needs_ptrace, process_state, run_tool, tracer_of
 
 pytestmark = needs_ptrace
 
@@ -47,13 +47,17 @@ def test_nonexistent_pid() -> None:
 
 def test_process_already_traced(kvstore: Any) -> None:
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import sys, time
             from ptrace.binding.func import ptrace
             ptrace(0x4206, {kvstore.pid}, 0, 0)  # PTRACE_SEIZE: the process keeps running
             print("held", flush=True)
             time.sleep(60)
-        """)],
+        """),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -73,17 +77,37 @@ def test_pid_of_another_user_is_refused(kvstore: Any, tmp_path: Path) -> None:
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv is not installed")
     probe = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
-         "import ekiden_trace"],
-        capture_output=True, cwd=REPO,
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            "import ekiden_trace",
+        ],
+        capture_output=True,
+        cwd=REPO,
     )
     if probe.returncode != 0:
         pytest.skip("user nobody cannot run ekiden-trace from this checkout")
     before = code_bytes(kvstore.pid)
     result = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
-         "ekiden_trace", "inspect", str(kvstore.pid)],
-        capture_output=True, text=True, cwd=REPO, env={"XDG_CACHE_HOME": str(tmp_path / "c")},
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "ekiden_trace",
+            "inspect",
+            str(kvstore.pid),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"XDG_CACHE_HOME": str(tmp_path / "c")},
         timeout=60,
     )
     assert result.returncode == 3, result.stderr
@@ -127,7 +151,8 @@ def test_point_never_reached_times_out_and_leaves_it_running() -> None:
         # The client stays in handle_client's loop, so main never returns to con_loop.
         expect_refusal(
             ["inspect", "--point", "con_loop", "--timeout", "1", str(server.pid)],
-            4, "did not reach update point con_loop",
+            4,
+            "did not reach update point con_loop",
         )
         assert_unchanged(server.pid, before)
         assert client.send("two") == "v1 #1 echo: two"
@@ -136,7 +161,8 @@ def test_point_never_reached_times_out_and_leaves_it_running() -> None:
 
 def test_multi_threaded_target(tmp_path: Path) -> None:
     source = tmp_path / "threads.c"
-    source.write_text(textwrap.dedent("""
+    source.write_text(
+        textwrap.dedent("""
         #include <pthread.h>
         #include <stdio.h>
         #include <unistd.h>
@@ -151,10 +177,23 @@ def test_multi_threaded_target(tmp_path: Path) -> None:
             fflush(stdout);
             for (;;) { EKIDEN_UPDATE_POINT(loop); sleep(1); }
         }
-    """))
+    """)
+    )
     binary = tmp_path / "threads"
-    subprocess.run(["gcc", "-g", "-O2", "-pthread", "-I", str(REPO / "probes"), str(source),
-                    "-o", str(binary)], check=True)
+    subprocess.run(
+        [
+            "gcc",
+            "-g",
+            "-O2",
+            "-pthread",
+            "-I",
+            str(REPO / "probes"),
+            str(source),
+            "-o",
+            str(binary),
+        ],
+        check=True,
+    )
     proc = subprocess.Popen([str(binary)], stdout=subprocess.PIPE, text=True)
     try:
         proc.stdout.readline()

@@ -26,7 +26,7 @@ from ekiden_trace.dwarf.expr import (
     ExprContext,
     MemoryLocation,
     evaluate,
-    regs_from_user_regs,
+    regs_to_dwarf,
 )
 from ekiden_trace.unwind import Frame, ModuleMap, unwind
 
@@ -121,10 +121,15 @@ class Stopped:
         return int.from_bytes(data, "little")
 
 
-def _start_blocked(binary: Path, spin: bool) -> tuple[subprocess.Popen[str], int]:
-    """Start `binary`; return it once it is blocked in read(2) (in the handler if `spin`)."""
-    args = [str(binary), "spin"] if spin else [str(binary)]
-    child = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+@dataclass
+class _Child:
+    process: subprocess.Popen[str]
+    seized: bool = False
+    mem: int | None = None
+
+
+def _wait_blocked(child: subprocess.Popen[str], spin: bool) -> int:
+    """Wait until `child` is blocked in read(2) (in the signal handler if `spin`); its pid."""
     assert child.stdout is not None
     word, pid = child.stdout.readline().split()
     if spin:
@@ -135,19 +140,23 @@ def _start_blocked(binary: Path, spin: bool) -> tuple[subprocess.Popen[str], int
         assert word == "handler"
     else:
         assert word == "blocked"
-    return child, int(pid)
+    return int(pid)
 
 
 @pytest.fixture
 def stop() -> Iterator[Callable[..., Stopped]]:
     """Start a program, wait until it blocks, then SEIZE + INTERRUPT it."""
-    children: list[tuple[subprocess.Popen[str], bool, int | None]] = []
+    children: list[_Child] = []
 
     def _stop(
         binary: Path, spin: bool = False, before: Callable[[int], None] | None = None
     ) -> Stopped:
-        child, pid = _start_blocked(binary, spin)
-        children.append((child, False, None))
+        args = [str(binary), "spin"] if spin else [str(binary)]
+        child = _Child(
+            subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        )
+        children.append(child)
+        pid = _wait_blocked(child.process, spin)
         if before is not None:
             before(pid)
         try:
@@ -156,22 +165,22 @@ def stop() -> Iterator[Callable[..., Stopped]]:
             if exc.errno in (errno.EPERM, errno.EACCES):
                 pytest.skip(f"ptrace is not permitted here: {exc}")
             raise
-        mem = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
-        children[-1] = (child, True, mem)
+        child.seized = True
+        child.mem = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
         ptrace(PTRACE_INTERRUPT, pid, 0, 0)
         _, status = os.waitpid(pid, 0)
         assert os.WIFSTOPPED(status)
-        return Stopped(pid, regs_from_user_regs(ptrace_getregs(pid)), mem)
+        return Stopped(pid, regs_to_dwarf(ptrace_getregs(pid)), child.mem)
 
     yield _stop
-    for child, seized, mem in children:
-        if mem is not None:
-            os.close(mem)
-        if seized:
+    for child in children:
+        if child.mem is not None:
+            os.close(child.mem)
+        if child.seized:
             with contextlib.suppress(PtraceError):
-                ptrace(PTRACE_DETACH, child.pid, 0, 0)
-        child.kill()
-        child.wait()
+                ptrace(PTRACE_DETACH, child.process.pid, 0, 0)
+        child.process.kill()
+        child.process.communicate()  # reaps it and closes the pipes
 
 
 def _load_bias(path: str, mapped_at: int) -> int:
@@ -249,7 +258,8 @@ def _tables(binary: Path, libc_table: CallFrameTable) -> dict[str, CallFrameTabl
 
 
 def _gdb_backtrace(pid: int) -> list[int | None] | None:
-    """Frame pcs as gdb prints them (None for gdb's "<signal handler called>")."""
+    """Frame pcs as gdb prints them; None where gdb prints none (its
+    "<signal handler called>" frame, or a pc at the start of a source line)."""
     if shutil.which("gdb") is None:
         return None
     out = subprocess.run(
@@ -263,16 +273,20 @@ def _gdb_backtrace(pid: int) -> list[int | None] | None:
     ).stdout
     pcs: list[int | None] = []
     for line in out.splitlines():
-        match = re.match(r"#(\d+)\s+(0x[0-9a-f]+ in |<signal handler called>)?", line)
-        if match is None:
-            continue
-        if match[2] is None:
-            pcs.append(-1)  # frame 0 printed without its address
-        elif match[2].startswith("<"):
-            pcs.append(None)
-        else:
-            pcs.append(int(match[2].split()[0], 16))
+        match = re.match(r"#\d+\s+(?:(0x[0-9a-f]+) in )?", line)
+        if match is not None:
+            pcs.append(int(match[1], 16) if match[1] else None)
     return pcs or None
+
+
+def _assert_same_pcs(gdb_pcs: list[int | None] | None, frames: list[Frame]) -> None:
+    """Our frames have the pcs gdb printed (frame 0 aside: gdb restarts the syscall)."""
+    if gdb_pcs is None:
+        return
+    assert len(frames) >= len(gdb_pcs)
+    for gdb_pc, frame in zip(gdb_pcs[1:], frames[1:], strict=False):
+        if gdb_pc is not None:
+            assert gdb_pc == frame.pc
 
 
 @pytest.mark.parametrize("opt", ["-O0", "-O2"])
@@ -301,9 +315,7 @@ def test_unwind_blocked_in_read(
     for inner, outer in itertools.pairwise(frames):
         assert outer.regs[7] == inner.cfa  # the caller's rsp is the callee's CFA
         assert outer.is_return_address and not outer.is_top
-    if gdb_pcs is not None:
-        ours = [frame.pc for frame in frames]
-        assert gdb_pcs[1:] == ours[1 : len(gdb_pcs)]
+    _assert_same_pcs(gdb_pcs, frames)
 
 
 @pytest.mark.parametrize("opt", ["-O0", "-O2"])
@@ -332,11 +344,7 @@ def test_unwind_through_signal_frame(
     # The interrupted pc is not a return address; all its registers were saved.
     assert not interrupted.is_return_address and interrupted.lookup_pc == interrupted.pc
     assert set(range(17)) <= set(interrupted.regs)
-    if gdb_pcs is not None:
-        ours: list[int | None] = [
-            None if frame.is_signal_frame else frame.pc for frame in frames[1 : len(gdb_pcs)]
-        ]
-        assert gdb_pcs[1:] == ours
+    _assert_same_pcs(gdb_pcs, frames)
 
 
 def test_unwind_stops_outside_modules(
@@ -397,6 +405,8 @@ def test_cfi_rows_of_a_function(binaries: dict[str, Path]) -> None:
 
 def test_cfi_debug_frame(tmp_path: Path) -> None:
     """Code built without unwind tables is described by .debug_frame only."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
     source = tmp_path / "f.c"
     source.write_text("int f(int x) { return x + 1; }\nint main(void) { return f(2); }\n")
     binary = tmp_path / "f"
@@ -450,7 +460,7 @@ def test_read_local_of_outer_frame(
 
     def ctx(frame_base: int | None = None) -> ExprContext:
         return ExprContext(
-            reg=frame.regs.__getitem__,
+            regs=frame.regs,
             read_word=stopped.read_word,
             cfa=frame.cfa,
             frame_base=frame_base,
@@ -465,3 +475,53 @@ def test_read_local_of_outer_frame(
     leak = evaluate(leak_expr, ctx())
     assert isinstance(leak, MemoryLocation)
     assert stopped.read_word(leak.addr) == marker.addr
+
+
+def test_cfi_expression_of_plt(binaries: dict[str, Path]) -> None:
+    """The linker's PLT FDE computes the CFA with an expression of rsp and rip."""
+    binary = binaries["-O2"]
+    with open(binary, "rb") as stream:
+        plt = ELFFile(stream).get_section_by_name(".plt")
+        assert plt is not None
+        slot = plt["sh_addr"] + 16  # the first PLT entry: jmp *GOT; push n; jmp .plt
+    row = CallFrameTable.from_elf(binary).row_at(slot)
+    assert row is not None and row.cfa.expr is not None and row.regs[16].arg == -8
+
+    def cfa_at(pc: int) -> int:
+        regs = {7: 0x7FFF0000, 16: pc}
+        location = evaluate(row.cfa.expr, ExprContext(regs=regs, read_word=lambda _: 0))
+        assert isinstance(location, MemoryLocation)
+        return location.addr - regs[7]
+
+    assert cfa_at(slot) == 8  # only the return address is on the stack
+    assert cfa_at(slot + 11) == 16  # after "push n"
+
+
+def test_cfi_skips_only_a_broken_fde(binaries: dict[str, Path], tmp_path: Path) -> None:
+    """An FDE with an unknown CFA instruction is skipped alone; the others still decode."""
+    binary = binaries["-O0"]
+    symbols = Symbols(binary)
+    inner = next(v for v, _s, n in symbols.funcs if n == "inner")
+    middle = next(v for v, _s, n in symbols.funcs if n == "middle")
+    with open(binary, "rb") as stream:
+        elf = ELFFile(stream)
+        eh_frame = elf.get_section_by_name(".eh_frame")
+        assert eh_frame is not None
+        fde = next(
+            entry
+            for entry in elf.get_dwarf_info().EH_CFI_entries()
+            if "initial_location" in entry.header and entry["initial_location"] == inner
+        )
+    # gcc's FDE: length, CIE pointer, pc_begin, pc_range (4 bytes each), empty
+    # augmentation data (1 byte), then the instructions.
+    patched = bytearray(binary.read_bytes())
+    first_instruction = eh_frame["sh_offset"] + fde.offset + 17
+    assert patched[first_instruction] != 0
+    patched[first_instruction] = 0x3F  # not a DW_CFA opcode
+    broken = tmp_path / "broken"
+    broken.write_bytes(patched)
+
+    good, bad = CallFrameTable.from_elf(binary), CallFrameTable.from_elf(broken)
+    assert (bad.skipped_fdes, len(bad)) == (1, len(good) - 1)
+    assert bad.row_at(inner) is None and good.row_at(inner) is not None
+    assert bad.row_at(middle) == good.row_at(middle)

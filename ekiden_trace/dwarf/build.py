@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from elftools.dwarf.compileunit import CompileUnit
-from elftools.dwarf.die import DIE, AttributeValue
+from elftools.dwarf.die import DIE
 from elftools.dwarf.dwarfinfo import DWARFInfo
 from elftools.elf.elffile import ELFFile
 
+from .dies import Attr, RawDIE, Sections, UnitReader
 from .model import Function, Location, Scope, Variable
 from .sections import (
     MAX_ADDR,
@@ -53,7 +54,14 @@ _ENCODINGS = {
 }
 _SIGNED = frozenset({"signed", "signed_char", "signed_fixed"})
 _REF_FORMS = frozenset(
-    {"DW_FORM_ref1", "DW_FORM_ref2", "DW_FORM_ref4", "DW_FORM_ref8", "DW_FORM_ref_udata"}
+    {
+        "DW_FORM_ref1",
+        "DW_FORM_ref2",
+        "DW_FORM_ref4",
+        "DW_FORM_ref8",
+        "DW_FORM_ref_udata",
+        "DW_FORM_ref_addr",
+    }
 )
 _BLOCK_FORMS = frozenset(
     {"DW_FORM_exprloc", "DW_FORM_block1", "DW_FORM_block2", "DW_FORM_block4", "DW_FORM_block"}
@@ -70,9 +78,7 @@ _ADDR_FORMS = frozenset(
     }
 )
 _DATA_WIDTH = {"DW_FORM_data1": 1, "DW_FORM_data2": 2, "DW_FORM_data4": 4, "DW_FORM_data8": 8}
-_CONST_FORMS = frozenset(
-    {*_DATA_WIDTH, "DW_FORM_udata", "DW_FORM_sdata", "DW_FORM_implicit_const"}
-)
+_CONST_FORMS = frozenset({*_DATA_WIDTH, "DW_FORM_udata", "DW_FORM_sdata", "DW_FORM_implicit_const"})
 _MODIFIERS = {
     "DW_TAG_pointer_type": "pointer",
     "DW_TAG_reference_type": "pointer",
@@ -100,7 +106,7 @@ class _Ctx:
     kind: str  # cu, scope, abstract, struct, enum, array, functype, skip
     scope: int = -1  # scope index (kind scope)
     origin: int = -1  # abstract subprogram offset (kind abstract)
-    type: TypeInfo = VOID  # the type being built (struct/enum/array/functype)
+    type: TypeInfo = field(default_factory=lambda: VOID)  # struct/enum/array/functype
     elem: int = VOID_ID  # array element type
     dims: int = 0  # array dimensions seen so far
     values: list[tuple[str, int, str]] = field(default_factory=list)  # enumerators
@@ -115,16 +121,12 @@ class _Unit:
 
     index: int
     cu: CompileUnit
-    dwarf: DWARFInfo
+    reader: UnitReader
     version: int
-    addr_size: int
     base: int
     files: list[str | None]
 
-    def addrx(self, index: int) -> int:
-        return int(self.dwarf.get_addr(self.cu, index))
-
-    def file(self, attr: AttributeValue | None) -> str | None:
+    def file(self, attr: Attr | None) -> str | None:
         if attr is None or not 0 <= attr.value < len(self.files):
             return None
         return self.files[attr.value]
@@ -134,13 +136,22 @@ class _Unit:
 class _PendingVar:
     offset: int
     scope: str | None  # None: global or file static, decided by DW_AT_external
-    cu: int
     location: Location
     attach: int | None = None  # scope index whose vars it joins
     origin: int | None = None  # abstract function whose static it is
 
 
-_Decl = tuple[str | None, int | None, str | None, int | None, bool, int | None]
+@dataclass
+class _Decl:
+    """What a variable or function DIE says about itself (merged along its refs)."""
+
+    name: str | None
+    type: int | None
+    file: str | None
+    line: int | None
+    external: bool
+    cu: int
+    ref: int | None = None  # DW_AT_abstract_origin or DW_AT_specification
 
 
 def build_index(path: str) -> dict[str, Any]:
@@ -158,15 +169,20 @@ def _sec(sec: Any) -> bytes:
     return b"" if sec is None else bytes(sec.stream.getvalue())
 
 
-def _name(die: DIE) -> str | None:
-    attr = die.attributes.get("DW_AT_name")
+def _text(attr: Any) -> str | None:
+    """A string attribute of a pyelftools DIE (the unit's top DIE)."""
     if attr is None:
         return None
     value = attr.value
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _const(attr: AttributeValue | None) -> int | None:
+def _name(die: RawDIE) -> str | None:
+    attr = die.attributes.get("DW_AT_name")
+    return None if attr is None else str(attr.value)
+
+
+def _const(attr: Attr | None) -> int | None:
     if attr is None or attr.form not in _CONST_FORMS:
         return None
     value = int(attr.value)
@@ -184,11 +200,8 @@ def _live(lo: int) -> bool:
 class _Builder:
     def __init__(self, dwarf: DWARFInfo) -> None:
         self.dwarf = dwarf
-        assert dwarf.debug_info_sec is not None
-        self.info_stream = dwarf.debug_info_sec.stream
-        self.rnglists = _sec(dwarf.debug_rnglists_sec)
+        self.sections = Sections(dwarf)
         self.ranges_v4 = _sec(dwarf.debug_ranges_sec)
-        self.loclists = _sec(dwarf.debug_loclists_sec)
         self.loc_v4 = _sec(dwarf.debug_loc_sec)
         self.line_data = _sec(dwarf.debug_line_sec)
         self.types: dict[int, TypeInfo] = {VOID_ID: VOID}
@@ -196,11 +209,12 @@ class _Builder:
         self.comp_dirs: list[str | None] = []
         self.decls: dict[int, _Decl] = {}
         self.vars: list[_PendingVar] = []
-        self.functions: list[tuple[int, int, list[list[int]], str | None]] = []
+        self.functions: list[tuple[int, list[list[int]], str | None]] = []
         self.scopes: list[Scope] = []
         self.sequences: list[Sequence] = []
         self.file_ids: dict[str, int] = {}
-        self.handlers: dict[str, Callable[[DIE, _Ctx, _Unit], _Ctx]] = {
+        self.type_names: dict[str, int] = {}
+        self.handlers: dict[str, Callable[[RawDIE, _Ctx, _Unit], _Ctx]] = {
             "DW_TAG_base_type": self._base_type,
             "DW_TAG_unspecified_type": self._unspecified_type,
             "DW_TAG_structure_type": self._aggregate,
@@ -234,14 +248,13 @@ class _Builder:
         if top.tag not in ("DW_TAG_compile_unit", "DW_TAG_partial_unit"):
             return
         unit = self._unit(cu, top)
-        stream = self.info_stream
+        read = unit.reader.read
         handlers = self.handlers
         stack = [_Ctx("cu")]
         pos = top.offset + top.size
         end = cu.cu_offset + cu.size
         while pos < end:
-            die = DIE(cu, stream, pos)
-            pos += die.size
+            die, pos = read(pos)
             tag = die.tag
             if tag is None:
                 done = stack.pop()
@@ -258,21 +271,19 @@ class _Builder:
             if child is _SKIP:
                 sibling = die.attributes.get("DW_AT_sibling")
                 if sibling is not None and sibling.form in _REF_FORMS:
-                    pos = cu.cu_offset + sibling.value
+                    pos = sibling.value
                     continue
             stack.append(child)
 
     def _unit(self, cu: CompileUnit, top: DIE) -> _Unit:
-        name = _name(top) or f"<cu@{cu.cu_offset:#x}>"
-        comp_dir_attr = top.attributes.get("DW_AT_comp_dir")
-        comp_dir = comp_dir_attr.value.decode("utf-8", "replace") if comp_dir_attr else None
+        name = _text(top.attributes.get("DW_AT_name")) or f"<cu@{cu.cu_offset:#x}>"
+        comp_dir = _text(top.attributes.get("DW_AT_comp_dir"))
         low_pc = top.attributes.get("DW_AT_low_pc")
         unit = _Unit(
             index=len(self.cus),
             cu=cu,
-            dwarf=self.dwarf,
+            reader=UnitReader(self.sections, cu, top),
             version=cu["version"],
-            addr_size=cu["address_size"],
             base=int(low_pc.value) if low_pc is not None else 0,
             files=[],
         )
@@ -306,7 +317,9 @@ class _Builder:
         rows = read_line_rows(
             self.line_data, program.program_start_offset, program.program_end_offset, hdr
         )
-        file_ids = [-1 if f is None else self.file_ids.setdefault(f, len(self.file_ids)) for f in unit.files]
+        file_ids = [
+            -1 if f is None else self.file_ids.setdefault(f, len(self.file_ids)) for f in unit.files
+        ]
         for seq in rows:
             if len(seq) < 2 or not _live(seq[0][0]):
                 continue
@@ -316,61 +329,64 @@ class _Builder:
 
     # ------------------------------------------------------------- helpers
 
-    def _ref(self, die: DIE, name: str) -> int | None:
+    def _ref(self, die: RawDIE, name: str) -> int | None:
         attr = die.attributes.get(name)
-        if attr is None:
+        if attr is None or attr.form not in _REF_FORMS:
             return None
-        if attr.form in _REF_FORMS:
-            return int(die.cu.cu_offset + attr.raw_value)
-        if attr.form == "DW_FORM_ref_addr":
-            return int(attr.raw_value)
-        return None
+        return int(attr.value)
 
-    def _type_ref(self, die: DIE) -> int:
+    def _type_ref(self, die: RawDIE) -> int:
         ref = self._ref(die, "DW_AT_type")
         return VOID_ID if ref is None else ref
 
-    def _origin_ref(self, die: DIE) -> int | None:
+    def _origin_ref(self, die: RawDIE) -> int | None:
         ref = self._ref(die, "DW_AT_abstract_origin")
         return ref if ref is not None else self._ref(die, "DW_AT_specification")
 
-    def _record_decl(self, die: DIE, unit: _Unit) -> None:
+    def _record_decl(self, die: RawDIE, unit: _Unit) -> None:
         a = die.attributes
         line = a.get("DW_AT_decl_line")
         external = a.get("DW_AT_external")
-        self.decls[die.offset] = (
+        self.decls[die.offset] = _Decl(
             _name(die),
             self._ref(die, "DW_AT_type"),
             unit.file(a.get("DW_AT_decl_file")),
             int(line.value) if line is not None else None,
             bool(external.value) if external is not None else False,
+            unit.index,
             self._origin_ref(die),
         )
 
-    def _decl(self, offset: int) -> tuple[str | None, int | None, str | None, int | None, bool]:
-        """Merge what a DIE and the DIEs it refers to (origin, specification) say."""
-        name = type_ = file = line = None
-        external = False
+    def _decl(self, offset: int) -> _Decl:
+        """Merge what a DIE and the DIEs it refers to (origin, specification) say.
+
+        The unit is the referred DIE's: with -flto, code in an artificial
+        unit refers to the DIEs of the unit its source was compiled as.
+        """
+        merged = _Decl(None, None, None, None, False, -1)
         current: int | None = offset
         for _ in range(8):
-            if current is None or current not in self.decls:
+            d = self.decls.get(current) if current is not None else None
+            if d is None:
                 break
-            n, t, f, ln, ext, ref = self.decls[current]
-            name = name or n
-            type_ = type_ if type_ is not None else t
-            file = file or f
-            line = line if line is not None else ln
-            external = external or ext
-            current = ref
-        return name, type_, file, line, external
+            merged.name = merged.name or d.name
+            merged.type = merged.type if merged.type is not None else d.type
+            merged.file = merged.file or d.file
+            merged.line = merged.line if merged.line is not None else d.line
+            merged.external = merged.external or d.external
+            merged.cu = d.cu
+            current = d.ref
+        return merged
 
-    def _pc_ranges(self, die: DIE, unit: _Unit) -> list[list[int]] | None:
+    def _pc_ranges(self, die: RawDIE, unit: _Unit) -> list[list[int]] | None:
         """Code ranges of a DIE; None if it has no pc attributes at all."""
         a = die.attributes
         attr = a.get("DW_AT_ranges")
         if attr is not None:
             if unit.version >= 5:
-                ranges = read_rnglist(self.rnglists, attr.value, unit.base, unit.addrx)
+                ranges = read_rnglist(
+                    self.sections.rnglists, attr.value, unit.base, unit.reader.addrx
+                )
             else:
                 ranges = read_ranges_v4(self.ranges_v4, attr.value, unit.base)
         else:
@@ -388,7 +404,7 @@ class _Builder:
             ranges = [[lo, hi]] if lo < hi else []
         return [r for r in ranges if _live(r[0])]
 
-    def _location(self, attr: AttributeValue | None, unit: _Unit) -> Location:
+    def _location(self, attr: Attr | None, unit: _Unit) -> Location:
         if attr is None:
             return {"kind": "none"}
         if attr.form in _BLOCK_FORMS:
@@ -397,7 +413,9 @@ class _Builder:
             unit.version < 4 and attr.form in ("DW_FORM_data4", "DW_FORM_data8")
         ):
             if unit.version >= 5:
-                ranges = read_loclist(self.loclists, attr.value, unit.base, unit.addrx)
+                ranges = read_loclist(
+                    self.sections.loclists, attr.value, unit.base, unit.reader.addrx
+                )
             else:
                 ranges = read_loc_v4(self.loc_v4, attr.value, unit.base)
             return {"kind": "list", "ranges": ranges} if ranges else {"kind": "none"}
@@ -407,12 +425,12 @@ class _Builder:
         if not expr:
             return {"kind": "none"}
         addr: int | None = None
-        if expr[0] == _OP_ADDR and len(expr) == 1 + unit.addr_size:
+        if expr[0] == _OP_ADDR and len(expr) == 1 + unit.reader.addr_size:
             addr = int.from_bytes(expr[1:], "little")
         elif expr[0] in _OP_ADDRX:
             index, end = uleb(expr, 1)
             if end == len(expr):
-                addr = unit.addrx(index)
+                addr = unit.reader.addrx(index)
         if addr is None:
             return {"kind": "expr", "expr": expr.hex()}
         if not _live(addr):
@@ -426,7 +444,7 @@ class _Builder:
 
     # ----------------------------------------------------------- handlers
 
-    def _base_type(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+    def _base_type(self, die: RawDIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
         a = die.attributes
         encoding = a.get("DW_AT_encoding")
         name = _name(die)
@@ -439,20 +457,20 @@ class _Builder:
         )
         return _SKIP
 
-    def _unspecified_type(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+    def _unspecified_type(self, die: RawDIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
         self.types[die.offset] = TypeInfo(die.offset, "void", _name(die))
         return _SKIP
 
-    def _modifier(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+    def _modifier(self, die: RawDIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
         kind = _MODIFIERS[die.tag]
         size = None
         if kind == "pointer":
-            size = _const(die.attributes.get("DW_AT_byte_size")) or unit.addr_size
+            size = _const(die.attributes.get("DW_AT_byte_size")) or unit.reader.addr_size
         name = _name(die) if kind == "typedef" else None
         self.types[die.offset] = TypeInfo(die.offset, kind, name, size, self._type_ref(die))
         return _SKIP
 
-    def _aggregate(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+    def _aggregate(self, die: RawDIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
         a = die.attributes
         declaration = "DW_AT_declaration" in a
         t = TypeInfo(
@@ -465,7 +483,7 @@ class _Builder:
         self.types[die.offset] = t
         return _Ctx("struct", type=t)
 
-    def _member(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+    def _member(self, die: RawDIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
         if ctx.kind != "struct":
             return _SKIP
         a = die.attributes
@@ -498,7 +516,7 @@ class _Builder:
         )
         return _SKIP
 
-    def _enum(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+    def _enum(self, die: RawDIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
         a = die.attributes
         declaration = "DW_AT_declaration" in a
         encoding = a.get("DW_AT_encoding")
@@ -514,10 +532,10 @@ class _Builder:
         self.types[die.offset] = t
         return _Ctx("enum", type=t)
 
-    def _enumerator(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+    def _enumerator(self, die: RawDIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
         attr = die.attributes.get("DW_AT_const_value")
         name = _name(die)
-        if ctx.kind == "enum" and attr is not None and name is not None:
+        if ctx.kind == "enum" and attr is not None and name and attr.form in _CONST_FORMS:
             ctx.values.append((name, int(attr.value), attr.form))
         return _SKIP
 
@@ -537,13 +555,13 @@ class _Builder:
                 value -= 1 << (8 * width)
             t.enumerators[name] = value
 
-    def _array(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+    def _array(self, die: RawDIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
         elem = self._type_ref(die)
         t = TypeInfo(die.offset, "array", target=elem)
         self.types[die.offset] = t
         return _Ctx("array", type=t, elem=elem)
 
-    def _subrange(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+    def _subrange(self, die: RawDIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
         if ctx.kind != "array":
             return _SKIP
         a = die.attributes
@@ -564,7 +582,7 @@ class _Builder:
         ctx.dims += 1
         return _SKIP
 
-    def _subroutine_type(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+    def _subroutine_type(self, die: RawDIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
         prototyped = "DW_AT_prototyped" in die.attributes
         t = TypeInfo(
             die.offset, "function", target=self._type_ref(die), params=[] if prototyped else None
@@ -572,12 +590,12 @@ class _Builder:
         self.types[die.offset] = t
         return _Ctx("functype", type=t)
 
-    def _unspecified_parameters(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+    def _unspecified_parameters(self, die: RawDIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
         if ctx.kind == "functype":
             ctx.type.variadic = True
         return _SKIP
 
-    def _variable(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+    def _variable(self, die: RawDIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
         kind = ctx.kind
         is_param = die.tag == "DW_TAG_formal_parameter"
         if kind == "functype":
@@ -595,19 +613,17 @@ class _Builder:
         location = self._location(a.get("DW_AT_location"), unit)
         static = location["kind"] == "addr"
         if kind == "cu":
-            self.vars.append(_PendingVar(die.offset, None, unit.index, location))
+            self.vars.append(_PendingVar(die.offset, None, location))
         elif kind == "scope":
             scope = "parameter" if is_param else "function_static" if static else "local"
-            self.vars.append(_PendingVar(die.offset, scope, unit.index, location, ctx.scope))
+            self.vars.append(_PendingVar(die.offset, scope, location, ctx.scope))
         elif static and not is_param:  # a static in an abstract (inlined) function
             self.vars.append(
-                _PendingVar(
-                    die.offset, "function_static", unit.index, location, origin=ctx.origin
-                )
+                _PendingVar(die.offset, "function_static", location, origin=ctx.origin)
             )
         return _SKIP
 
-    def _subprogram(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+    def _subprogram(self, die: RawDIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
         if ctx.kind not in ("cu", "scope", "abstract"):
             return _SKIP
         self._record_decl(die, unit)
@@ -620,15 +636,19 @@ class _Builder:
         if not ranges:
             return _SKIP
         frame_base = a.get("DW_AT_frame_base")
-        frame_hex = bytes(frame_base.value).hex() if frame_base and frame_base.form in _BLOCK_FORMS else None
+        frame_hex = (
+            bytes(frame_base.value).hex()
+            if frame_base and frame_base.form in _BLOCK_FORMS
+            else None
+        )
         index = len(self.functions)
-        self.functions.append((die.offset, unit.index, ranges, frame_hex))
+        self.functions.append((die.offset, ranges, frame_hex))
         origin = self._origin_ref(die)
         return self._add_scope(
             Scope("function", None, ranges, index, origin=die.offset if origin is None else origin)
         )
 
-    def _inlined(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+    def _inlined(self, die: RawDIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
         if ctx.kind != "scope":
             return _SKIP
         ranges = self._pc_ranges(die, unit)
@@ -639,7 +659,7 @@ class _Builder:
             Scope("inlined", ctx.scope, ranges, parent.function, origin=self._origin_ref(die))
         )
 
-    def _lexical_block(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+    def _lexical_block(self, die: RawDIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
         if ctx.kind == "abstract":
             return ctx
         if ctx.kind != "scope":
@@ -652,29 +672,197 @@ class _Builder:
         parent = self.scopes[ctx.scope]
         return self._add_scope(Scope("block", ctx.scope, ranges, parent.function))
 
-    def _namespace(self, die: DIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
+    def _namespace(self, die: RawDIE, ctx: _Ctx, unit: _Unit) -> _Ctx:
         return ctx if ctx.kind == "cu" else _SKIP
 
     # ---------------------------------------------------------- post-pass
 
     def result(self) -> dict[str, Any]:
-        functions = self._finish_functions()
-        variables, cu_vars, global_vars, statics = self._finish_variables(functions)
+        """The index as JSON-ready data (see DebugIndex for its use)."""
+        functions, function_cus = self._finish_functions()
         self._finish_types()
-        cu_index = {name: i for i, name in reversed(list(enumerate(self.cus)))}
+        variables, cu_vars, global_vars, statics = self._finish_variables(functions)
         return {
             "has_debug_info": True,
             "cus": self.cus,
             "comp_dirs": self.comp_dirs,
             "types": [t.to_json() for t in self.types.values()],
-            "type_names": self._type_names(),
-            "functions": [f.to_json(cu_index) for f in functions],
-            "function_cus": [f[1] for f in self.functions],
+            "type_names": self.type_names,
+            "functions": [f.to_json(cu) for f, cu in zip(functions, function_cus, strict=True)],
             "scopes": [s.to_json() for s in self.scopes],
-            "variables": [v.to_json(cu_index) for v in variables],
-            "variable_cus": [v[1] for v in variables],
+            "variables": variables,
             "cu_vars": cu_vars,
             "global_vars": global_vars,
             "statics": statics,
             "lines": self._line_table(),
         }
+
+    def _finish_functions(self) -> tuple[list[Function], list[int]]:
+        """The functions, and the index of each one's compilation unit."""
+        functions: list[Function] = []
+        cus: list[int] = []
+        for offset, ranges, frame_base in self.functions:
+            d = self._decl(offset)
+            cus.append(d.cu)
+            functions.append(
+                Function(
+                    d.name or "<anonymous>",
+                    self.cus[d.cu],
+                    ranges,
+                    frame_base,
+                    d.external,
+                    d.file,
+                    d.line,
+                )
+            )
+        for scope in self.scopes:
+            if scope.kind == "function":
+                scope.name = functions[scope.function].name
+            elif scope.kind == "inlined" and scope.origin is not None:
+                scope.name = self._decl(scope.origin).name
+        return functions, cus
+
+    def _owner(self, index: int) -> Scope:
+        """The function or inlined-call scope a scope belongs to."""
+        scope = self.scopes[index]
+        while scope.kind == "block" and scope.parent is not None:
+            scope = self.scopes[scope.parent]
+        return scope
+
+    def _finish_variables(
+        self, functions: list[Function]
+    ) -> tuple[list[list[Any]], list[dict[str, int]], dict[str, int], dict[str, dict[str, int]]]:
+        # A variable that another one names as its abstract origin (-flto's
+        # early debug info) is described by that concrete one.
+        abstract = {self.decls[pv.offset].ref for pv in self.vars}
+        resolved: list[tuple[_PendingVar, _Decl, str]] = []
+        chosen: dict[str, int] = {}
+        for pv in self.vars:
+            d = self._decl(pv.offset)
+            if d.name is None or pv.offset in abstract:
+                continue
+            scope = pv.scope or ("global" if d.external else "file_static")
+            if scope == "global":
+                prev = chosen.get(d.name)
+                if prev is None or (
+                    resolved[prev][0].location["kind"] != "addr" and pv.location["kind"] == "addr"
+                ):
+                    chosen[d.name] = len(resolved)
+            resolved.append((pv, d, scope))
+
+        rows: list[list[Any]] = []
+        cu_vars: list[dict[str, int]] = [{} for _ in self.cus]
+        global_vars: dict[str, int] = {}
+        statics: dict[str, dict[str, int]] = {}
+        for i, (pv, d, scope) in enumerate(resolved):
+            name = d.name
+            assert name is not None
+            if scope == "global" and chosen[name] != i:
+                continue
+            function = inlined_into = None
+            origin = pv.origin
+            if pv.attach is not None:
+                owner = self._owner(pv.attach)
+                function = owner.name
+                if owner.kind == "inlined":
+                    inlined_into = functions[owner.function].name
+                if origin is None:
+                    origin = owner.origin
+            elif origin is not None:
+                function = self._decl(origin).name
+            index = len(rows)
+            var = Variable(
+                name,
+                scope,
+                function,
+                self.cus[d.cu],
+                d.type if d.type is not None and d.type in self.types else VOID_ID,
+                pv.location,
+                d.file,
+                d.line,
+                d.external,
+                inlined_into,
+            )
+            rows.append(var.to_json(d.cu))
+            if scope == "global":
+                global_vars[name] = index
+            elif scope == "file_static":
+                cu_vars[d.cu].setdefault(name, index)
+            elif scope == "function_static" and origin is not None:
+                statics.setdefault(str(origin), {}).setdefault(name, index)
+            if pv.attach is not None:
+                self.scopes[pv.attach].vars.setdefault(name, index)
+        return rows, cu_vars, global_vars, statics
+
+    def _finish_types(self) -> None:
+        types = self.types
+        by_key: dict[str, list[TypeInfo]] = {}
+        for t in types.values():
+            key = _type_key(t)
+            if key is not None:
+                by_key.setdefault(key, []).append(t)
+            if t.target is not None and t.target not in types:
+                t.target = VOID_ID
+            for m in t.members:
+                if m.type not in types:
+                    m.type = VOID_ID
+            if t.params is not None:
+                t.params = [p if p in types else VOID_ID for p in t.params]
+        for key, same in by_key.items():
+            complete = [t for t in same if not t.declaration]
+            self.type_names[key] = (complete or same)[0].id
+            # An incomplete struct/union/enum takes the definition of the
+            # same name when the program has only one layout for that name.
+            if len(complete) == len(same) or not complete:
+                continue
+            if len({_shape(t) for t in complete}) != 1:
+                continue
+            model = complete[0]
+            for t in same:
+                if t.declaration:
+                    t.size, t.target, t.encoding = model.size, model.target, model.encoding
+                    t.members, t.enumerators = model.members, model.enumerators
+                    t.declaration = False
+        for t in types.values():
+            if t.kind == "array" and t.count is not None:
+                t.size = byte_size(types, t.id)
+
+    def _line_table(self) -> dict[str, list[Any]]:
+        addrs: list[int] = []
+        files: list[int] = []
+        lines: list[int] = []
+        for seq in sorted(self.sequences, key=lambda s: s[0][0]):
+            last = len(seq) - 1
+            for i, (addr, file, line) in enumerate(seq):
+                if i == last:
+                    file = -1
+                if addrs and addrs[-1] == addr:  # the later row at an address wins
+                    addrs.pop()
+                    files.pop()
+                    lines.pop()
+                if files and files[-1] == file and lines[-1] == line:
+                    continue
+                addrs.append(addr)
+                files.append(file)
+                lines.append(line)
+        return {"files": list(self.file_ids), "addr": addrs, "file": files, "line": lines}
+
+
+def _type_key(t: TypeInfo) -> str | None:
+    """The name C code uses for a type: "struct table", "int", a typedef name."""
+    if not t.name:
+        return None
+    if t.kind in ("struct", "union", "enum"):
+        return f"{t.kind} {t.name}"
+    if t.kind in ("base", "typedef"):
+        return t.name
+    return None
+
+
+def _shape(t: TypeInfo) -> tuple[Any, ...]:
+    return (
+        t.kind,
+        t.size,
+        tuple((m.name, m.offset, m.bit_size, m.bit_offset) for m in t.members),
+        tuple(sorted(t.enumerators.items())),
+    )

@@ -76,7 +76,7 @@ def store(key: str, data: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, separators=(",", ":"))
+            f.write(json.dumps(data, separators=(",", ":")))
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
     except BaseException:

@@ -255,13 +255,18 @@ def _parse_section(reader: _Reader) -> tuple[list[_Fde], int]:
     skipped = 0
     pos = 0
     while pos + 4 <= len(reader.data):
-        body, end, id_size = _entry_bounds(reader, pos)
-        if body == end:
-            if reader.is_eh:
-                break  # zero length: terminator
-            pos = end
-            continue
-        cie_id = reader.u(body, id_size)
+        try:
+            body, end, id_size = _entry_bounds(reader, pos)
+            if body == end:
+                if reader.is_eh:
+                    break  # zero length: terminator
+                pos = end
+                continue
+            if end > len(reader.data):
+                raise CfiError("CFI entry runs past the end of its section")
+            cie_id = reader.u(body, id_size)
+        except CfiError:
+            return fdes, skipped + 1  # a broken length: the rest cannot be framed
         if reader.is_eh:
             is_cie, cie_offset = cie_id == 0, body - cie_id
         else:

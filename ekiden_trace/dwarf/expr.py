@@ -13,7 +13,7 @@ comparisons, ``abs``) reinterpret them as two's complement.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -33,7 +33,7 @@ __all__ = [
     "evaluate",
     "read_sleb128",
     "read_uleb128",
-    "regs_from_user_regs",
+    "regs_to_dwarf",
 ]
 
 MASK64 = (1 << 64) - 1
@@ -133,22 +133,31 @@ Location = MemoryLocation | RegisterLocation | ValueLocation | PieceLocation
 class ExprContext:
     """What an expression may consult while it runs.
 
-    `reg` returns a DWARF register's value in the frame and raises
-    `ValueUnknown` when it is not recoverable; `read_word` reads 8 bytes
-    little-endian at a runtime address (it may raise ``OSError``).
+    `regs` holds the frame's recoverable registers by DWARF number (a register
+    missing from it is not recoverable: `reg` raises `ValueUnknown`);
+    `read_word` reads 8 bytes little-endian at a runtime address (it may raise
+    ``OSError``).
     `load_bias` is added to ``DW_OP_addr``/``DW_OP_addrx`` results, which are
     link-time addresses. `addrx` maps a ``.debug_addr`` index to its link-time
     value (needed for ``DW_OP_addrx``/``DW_OP_constx``). `initial_stack` is
     pushed before the first operation (CFI register rules push the CFA).
     """
 
-    reg: Callable[[int], int]
+    regs: Mapping[int, int]
     read_word: Callable[[int], int]
     cfa: int | None = None
     frame_base: int | None = None
     load_bias: int = 0
     addrx: Callable[[int], int] | None = None
     initial_stack: tuple[int, ...] = field(default_factory=tuple)
+
+    def reg(self, regno: int) -> int:
+        """The value of DWARF register `regno`; `ValueUnknown` if it is not recoverable."""
+        try:
+            return self.regs[regno]
+        except KeyError:
+            name = DWARF_REG_NAMES.get(regno, str(regno))
+            raise ValueUnknown(f"register {name} is not recoverable in this frame") from None
 
 
 def read_uleb128(data: bytes, pos: int) -> tuple[int, int]:
@@ -179,8 +188,12 @@ def read_sleb128(data: bytes, pos: int) -> tuple[int, int]:
             return result, pos
 
 
-def regs_from_user_regs(user_regs: object) -> dict[int, int]:
-    """DWARF-numbered registers (0-16) from a ``user_regs_struct``-like object."""
+def regs_to_dwarf(user_regs: object) -> dict[int, int]:
+    """DWARF-numbered registers (0-16) from a ``user_regs_struct``-like object.
+
+    For example python-ptrace's ``ptrace.binding.linux_struct.user_regs_struct``,
+    as returned by ``ptrace.binding.func.ptrace_getregs``.
+    """
     return {num: getattr(user_regs, name) & MASK64 for num, name in enumerate(_USER_REGS_FIELDS)}
 
 

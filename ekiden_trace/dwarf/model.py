@@ -5,8 +5,10 @@ Each class has a compact JSON form (a list) so the index can be cached.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 Location = dict[str, Any]
 """Where a variable lives, one of:
@@ -18,10 +20,6 @@ Location = dict[str, Any]
   link-time pc ranges ``lo <= pc < hi``; the first matching entry applies;
 * ``{"kind": "none"}`` optimised out (or a compile-time constant).
 """
-
-NONE_LOCATION: Location = {"kind": "none"}
-
-SCOPES = ("global", "file_static", "function_static", "local", "parameter")
 
 
 @dataclass
@@ -46,15 +44,19 @@ class Variable:
     external: bool = False
     inlined_into: str | None = None
 
-    def to_json(self, cu_index: dict[str, int]) -> list[Any]:
-        """Compact JSON form; the CU is stored by its index in cu_index."""
+    def to_json(self, cu: int) -> list[Any]:
+        """Compact JSON form; the CU is stored as its index cu in the unit list.
+
+        The location is kept as a JSON string: a loader then scans it as one
+        string and decodes it only for the variables it uses.
+        """
         return [
             self.name,
             self.scope,
             self.function,
-            cu_index[self.cu],
+            cu,
             self.type,
-            self.location,
+            json.dumps(self.location, separators=(",", ":")),
             self.decl_file,
             self.decl_line,
             self.external,
@@ -64,7 +66,34 @@ class Variable:
     @classmethod
     def from_json(cls, row: list[Any], cus: list[str]) -> Variable:
         """Rebuild a Variable from ``to_json`` output."""
-        return cls(row[0], row[1], row[2], cus[row[3]], *row[4:])
+        return cls(row[0], row[1], row[2], cus[row[3]], row[4], json.loads(row[5]), *row[6:])
+
+
+class LazyVariables(Sequence[Variable]):
+    """Variables decoded from their JSON rows on first access."""
+
+    def __init__(self, rows: list[list[Any]], cus: list[str]) -> None:
+        self.rows = rows
+        self._cus = cus
+        self._done: list[Variable | None] = [None] * len(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @overload
+    def __getitem__(self, index: int) -> Variable: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Variable]: ...
+
+    def __getitem__(self, index: int | slice) -> Variable | list[Variable]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self.rows)))]
+        var = self._done[index]
+        if var is None:
+            var = Variable.from_json(self.rows[index], self._cus)
+            self._done[index] = var
+        return var
 
 
 @dataclass
@@ -79,11 +108,11 @@ class Function:
     decl_file: str | None = None
     decl_line: int | None = None
 
-    def to_json(self, cu_index: dict[str, int]) -> list[Any]:
-        """Compact JSON form; the CU is stored by its index in cu_index."""
+    def to_json(self, cu: int) -> list[Any]:
+        """Compact JSON form; the CU is stored as its index cu in the unit list."""
         return [
             self.name,
-            cu_index[self.cu],
+            cu,
             self.ranges,
             self.frame_base,
             self.external,

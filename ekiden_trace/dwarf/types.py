@@ -179,30 +179,31 @@ def byte_size(types: dict[int, TypeInfo], tid: int | None) -> int | None:
 def c_name(types: dict[int, TypeInfo], tid: int | None, declarator: str = "") -> str:
     """Print a type as C does: ``char *[64]``, or with a declarator, ``char *names[64]``."""
     t = get(types, tid)
+    quals: list[str] = []  # qualifiers met on the way, not yet placed
     for _ in range(256):
         kind = t.kind
-        if kind == "pointer":
-            inner = get(types, t.target)
+        if kind in QUALIFIERS:
+            word = _QUALIFIER_WORD[kind]
+            if word not in quals:
+                quals.append(word)
+            t = get(types, t.target)
+        elif kind == "pointer":
+            if quals:  # qualifiers of the pointer itself: "char *const p"
+                declarator = " ".join(quals) + (" " + declarator if declarator else "")
+                quals = []
             declarator = "*" + declarator
-            if inner.kind in ("array", "function"):
+            t = get(types, t.target)
+            if t.kind in ("array", "function"):
                 declarator = f"({declarator})"
-            t = inner
-        elif kind == "array":
+        elif kind == "array":  # qualifiers of an array belong to its elements
             declarator += f"[{'' if t.count is None else t.count}]"
             t = get(types, t.target)
         elif kind == "function":
             declarator += _params(types, t)
+            quals = []
             t = get(types, t.target)
-        elif kind in QUALIFIERS:
-            inner = get(types, t.target)
-            word = _QUALIFIER_WORD[kind]
-            if inner.kind == "pointer":
-                declarator = word + (" " + declarator if declarator else "")
-                t = inner
-            else:
-                return _join(f"{word} {c_name(types, inner.id)}", declarator)
         else:
-            return _join(_leaf_name(t), declarator)
+            return _join(" ".join([*quals, _leaf_name(t)]), declarator)
     return _join("...", declarator)
 
 
