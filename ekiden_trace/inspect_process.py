@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from .capture import Capturer
 from .control import ControlBlock, choose_stop_signal
+from .disasm import instructions_around
 from .errors import BinaryError, TargetError
 from .live import LiveProcess
 from .process import Tracee
@@ -49,21 +50,32 @@ def program_of(pid: int) -> Program:
 
 
 def _stop_location(live: LiveProcess, frames: list[Frame], point: str | None) -> StopLocation:
+    """Where the program's own code stands: the innermost frame of the program that is not
+    the marks' slow path (at --now that may be below library frames, e.g. poll)."""
     names = [live.code_name(frame.lookup_pc) for frame in frames]
-    # At a mark, frame 0 is the marks' slow path; the point is in its caller.
-    user = 1 if point and len(frames) > 1 and names[0] == STOP_FUNCTION else 0
-    pc = frames[user].lookup_pc if frames else 0
-    link_pc = pc - live.bias
-    function = live.program.index.function_at(link_pc)
-    line = live.program.index.line_at(link_pc)
+    if point and names and names[0] == STOP_FUNCTION:
+        frames, names = frames[1:], names[1:]
+    own = next((f for f in frames if live.region(f.lookup_pc) == "code"), None)
+    pc = own.lookup_pc if own else (frames[0].pc if frames else 0)
+    function = live.program.index.function_at(pc - live.bias) if own else None
+    line = live.program.index.line_at(pc - live.bias) if own else None
     return StopLocation(
         point=point,
         pc=pc,
-        function=function.name if function else (names[user] if names else None),
+        function=function.name if function else None,
         file=line[0] if line else None,
         line=line[1] if line else None,
-        frames=names[user:],
+        frames=names,
     )
+
+
+def _code_around(live: LiveProcess, pc: int) -> list[str]:
+    start = live.code_start(pc)
+    assert live.tracee is not None
+    try:
+        return instructions_around(live.tracee.read, start if start is not None else pc, pc)
+    except OSError:
+        return []
 
 
 def inspect(pid: int, options: InspectOptions) -> Snapshot:
@@ -88,6 +100,8 @@ def inspect(pid: int, options: InspectOptions) -> Snapshot:
         live.stopped(tracee)
         frames = live.frames()
         stop = _stop_location(live, frames, point)
+        if options.now and frames:
+            stop.code = _code_around(live, frames[0].pc)
         return Capturer(live).capture(stop, frames)
     finally:
         leave(tracee, control)

@@ -157,6 +157,18 @@ class LiveProcess:
             return f"{addr:#x}"
         return f"{Path(module.path).name}+{addr - module.bias:#x}"
 
+    def code_start(self, addr: int) -> int | None:
+        """Start of the function (or function part) holding a code address, when known."""
+        if self._main.start <= addr < self._main.end:
+            function = self.program.index.function_at(addr - self.bias)
+            if function is not None:
+                link = addr - self.bias
+                lo = next((lo for lo, hi in function.ranges if lo <= link < hi), None)
+                if lo is not None:
+                    return lo + self.bias
+        found = self.symbol_at(addr)
+        return addr - found[1] if found else None
+
     def frames(self) -> list[Frame]:
         """The current thread's frames, unwound with CFI from the registers at the stop."""
         assert self.tracee is not None, "frames() needs a stopped tracee"

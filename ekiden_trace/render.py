@@ -106,6 +106,7 @@ def snapshot_json(snapshot: Snapshot) -> dict[str, Any]:
             "file": stop.file,
             "line": stop.line,
             "frames": stop.frames,
+            "code": stop.code,
         },
         "variables": [
             {
@@ -213,13 +214,19 @@ def snapshot_text(snapshot: Snapshot) -> str:
     """A readable, C-like view: variables first, then each heap object once by id."""
     render = _TextRenderer(snapshot)
     stop = snapshot.stop
-    where = f"{stop.function or '??'}"
+    where = stop.function or "??"
     if stop.file:
         where += f" ({stop.file}:{stop.line})"
-    at = f"update point {stop.point} in {where}" if stop.point else where
+    if stop.point:
+        at = f"update point {stop.point} in {where}"
+    elif stop.frames and stop.frames[0] != stop.function:
+        at = f"{stop.frames[0]}, called from {where}"
+    else:
+        at = where
     lines = [f"process {snapshot.pid}: {snapshot.binary}", f"stopped at {at}"]
     if stop.frames:
         lines.append("frames: " + " <- ".join(stop.frames))
+    lines += stop.code
     lines.append("")
     for var in snapshot.variables:
         head = f"{var.declaration}  /* {var.scope_text} */"

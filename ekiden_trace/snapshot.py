@@ -147,6 +147,7 @@ class StopLocation:
     file: str | None
     line: int | None
     frames: list[str] = field(default_factory=list)
+    code: list[str] = field(default_factory=list)  # instructions around pc, for --now
 
 
 @dataclass

@@ -244,7 +244,7 @@ def load_program(workdir: Path, *flags: str) -> Program:
     return Program(path, DebugIndex.load(path), nm_symbols(path), symbols_by_file(path))
 
 
-@pytest.fixture(params=["-gdwarf-5", "-gdwarf-4", "-flto"])
+@pytest.fixture(params=["-gdwarf-5", "-gdwarf-4"])
 def prog(request: pytest.FixtureRequest, tmp_path: Path) -> Program:
     return load_program(tmp_path, "-g", request.param, "-O2")
 

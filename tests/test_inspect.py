@@ -121,7 +121,7 @@ def test_text_view_reads_like_c(kvstore: Any) -> None:
         assert result.returncode == 0, result.stderr
         out = result.stdout
         assert "stopped at update point poll_loop in main" in out
-        assert "struct table *table = #1" in out
+        assert "struct table *table  /* global */ = #1" in out
         assert "int client_fds[64] " in out
         assert '"greeting"' in out and '"hello world"' in out
         assert "&djb2" in out
@@ -169,8 +169,11 @@ def test_now_reads_where_the_process_is(kvstore: Any) -> None:
         client.set("x", "y")
         before = code_bytes(kvstore.pid)
         snapshot = tool_json("inspect", "--now", str(kvstore.pid))
-        assert snapshot["stop"]["point"] is None
-        assert "main" in snapshot["stop"]["frames"]
+        stop = snapshot["stop"]
+        assert stop["point"] is None
+        assert stop["function"] == "main" and stop["frames"].index("main") >= 1
+        assert stop["frames"][0].startswith("__poll@libc")
+        assert sum(line.startswith("=>") for line in stop["code"]) == 1
         assert variables(snapshot)["nclients"]["value"] == 1
         assert_untouched(kvstore, before, client)
         assert client.get("x") == "y"

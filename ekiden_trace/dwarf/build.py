@@ -378,6 +378,15 @@ class _Builder:
             current = d.ref
         return merged
 
+    def _root(self, offset: int) -> int:
+        """The end of a DIE's chain of abstract origins: the function's first description."""
+        for _ in range(8):
+            d = self.decls.get(offset)
+            if d is None or d.ref is None:
+                break
+            offset = d.ref
+        return offset
+
     def _pc_ranges(self, die: RawDIE, unit: _Unit) -> list[list[int]] | None:
         """Code ranges of a DIE; None if it has no pc attributes at all."""
         a = die.attributes
@@ -716,6 +725,8 @@ class _Builder:
                 )
             )
         for scope in self.scopes:
+            if scope.origin is not None:
+                scope.origin = self._root(scope.origin)
             if scope.kind == "function":
                 scope.name = functions[scope.function].name
             elif scope.kind == "inlined" and scope.origin is not None:
@@ -789,7 +800,7 @@ class _Builder:
             elif scope == "file_static":
                 cu_vars[d.cu].setdefault(name, index)
             elif scope == "function_static" and origin is not None:
-                statics.setdefault(str(origin), {}).setdefault(name, index)
+                statics.setdefault(str(self._root(origin)), {}).setdefault(name, index)
             if pv.attach is not None:
                 self.scopes[pv.attach].vars.setdefault(name, index)
         return rows, cu_vars, global_vars, statics
