@@ -14,10 +14,18 @@ from pathlib import Path
 import pytest
 
 import ekiden_trace.dwarf.index as index_module
+from ekiden_trace.dwarf.build import build_index
 from ekiden_trace.dwarf.cache import CacheError, cache_dir, file_key, load_or_build
 from ekiden_trace.dwarf.index import FORMAT, DebugIndex
 from ekiden_trace.dwarf.model import Variable
-from ekiden_trace.dwarf.types import TypeInfo, byte_size, c_name, strip
+from ekiden_trace.dwarf.sections import (
+    MAX_ADDR,
+    read_loc_v4,
+    read_loclist,
+    read_ranges_v4,
+    read_rnglist,
+)
+from ekiden_trace.dwarf.types import TypeInfo, byte_size, c_name, normalize_base_name, strip
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 
@@ -303,6 +311,7 @@ def test_types_print_as_c(prog: Program) -> None:
 
     grid = types[the(ix, "grid", "global").type]
     assert (grid.kind, grid.count, grid.size) == ("array", 3, 48)
+    assert grid.target is not None
     row = types[grid.target]
     assert (row.kind, row.count, c_name(types, row.target)) == ("array", 4, "int")
 
@@ -310,7 +319,7 @@ def test_types_print_as_c(prog: Program) -> None:
     assert table is not None
     hash_member = next(m for m in types[table].members if m.name == "hash")
     assert c_name(types, hash_member.type, "hash") == "unsigned long (*hash)(const char *)"
-    fn = types[types[hash_member.type].target]
+    fn = types[types[hash_member.type].target or 0]
     assert fn.kind == "function" and not fn.variadic
     assert [c_name(types, p) for p in fn.params or []] == ["const char *"]
 
@@ -349,8 +358,8 @@ def test_layout_matches_the_compiler(prog: Program) -> None:
     run = subprocess.run([str(prog.path), "layout"], capture_output=True, text=True, check=True)
     layout = {}
     for line in run.stdout.splitlines():
-        key, *values = line.split()
-        layout[key] = [int(v) for v in values]
+        key, *numbers = line.split()
+        layout[key] = [int(n) for n in numbers]
     ix = prog.index
     types = ix.types
     checked = 0
@@ -533,16 +542,25 @@ def test_stripped_binary(tmp_path: Path) -> None:
     assert ix.resolve(0x1000, "counter") is None
     assert ix.function_at(0x1000) is None and ix.line_at(0x1000) is None
     assert ix.type_by_name("int") is None
+    assert ix.globals() == [] and ix.inline_chain_at(0x1000) == []
+
+
+def test_library_without_debug_info(cache_home: Path) -> None:
+    libc = Path("/lib/x86_64-linux-gnu/libc.so.6")
+    if not libc.exists():
+        pytest.skip("no x86-64 glibc here")
+    ix = DebugIndex.load(libc)
+    assert not ix.has_debug_info and ix.cus == []
+    assert not (cache_home / "ekiden-trace").exists()  # nothing worth caching
 
 
 def test_cache_warm_path(tmp_path: Path, cache_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = compile_c(tmp_path, {"main.c": MAIN_C, "lib/other.c": OTHER_C}, "-g", "-O2")
     calls = []
-    real_build = index_module.build_index
 
     def counting(p: str) -> dict[str, object]:
         calls.append(p)
-        return real_build(p)
+        return build_index(p)
 
     monkeypatch.setattr(index_module, "build_index", counting)
     cold = DebugIndex.load(path)
@@ -561,6 +579,10 @@ def test_cache_warm_path(tmp_path: Path, cache_home: Path, monkeypatch: pytest.M
     rebuilt = DebugIndex.load(path)
     assert len(calls) == 2
     assert list(rebuilt.variables) == list(cold.variables)
+
+    entry.write_text('{"has_debug_info": true, "format": 0}')  # an older layout
+    DebugIndex.load(path)
+    assert len(calls) == 3
 
 
 def test_cache_generic_entries(cache_home: Path) -> None:
@@ -597,3 +619,72 @@ def test_file_key(tmp_path: Path) -> None:
     text = tmp_path / "notes.txt"
     text.write_bytes(b"not an ELF file")
     assert file_key(text) == hashlib.sha256(b"not an ELF file").hexdigest()
+
+
+def test_base_type_names() -> None:
+    cases = {
+        "long unsigned int": "unsigned long",
+        "long int": "long",
+        "short int": "short",
+        "short unsigned int": "unsigned short",
+        "long long unsigned int": "unsigned long long",
+        "unsigned int": "unsigned int",
+        "signed char": "signed char",
+        "char": "char",
+        "__int128 unsigned": "unsigned __int128",
+        "long double": "long double",
+        "_Bool": "_Bool",
+    }
+    assert {gcc: normalize_base_name(gcc) for gcc in cases} == cases
+
+
+def test_list_decoders_apply_base_addresses() -> None:
+    """Entry kinds gcc does not emit for these programs, hand-encoded."""
+    addr_table = {0: 0x5000, 1: 0x6000}
+
+    def u64(n: int) -> bytes:
+        return n.to_bytes(8, "little")
+
+    expr = bytes([0x91, 0x10])  # DW_OP_fbreg 16
+    loclist = (
+        bytes([4, 0x10, 0x20, 2]) + expr  # offset_pair from the CU base
+        + bytes([1, 0])  # base_addressx 0
+        + bytes([4, 0x10, 0x20, 2]) + expr
+        + bytes([3, 1, 0x08, 2]) + expr  # startx_length
+        + bytes([6]) + u64(0x9000)  # base_address
+        + bytes([4, 0, 4, 2]) + expr
+        + bytes([8]) + u64(0xA000) + bytes([0x10, 2]) + expr  # start_length
+        + bytes([5, 2]) + expr  # default_location
+        + bytes([0])
+    )  # fmt: skip
+    assert read_loclist(loclist, 0, 0x1000, addr_table.__getitem__) == [
+        [0x1010, 0x1020, "9110"],
+        [0x5010, 0x5020, "9110"],
+        [0x6000, 0x6008, "9110"],
+        [0x9000, 0x9004, "9110"],
+        [0xA000, 0xA010, "9110"],
+        [0, MAX_ADDR, "9110"],
+    ]
+    rnglist = (
+        bytes([4, 0x00, 0x10])  # offset_pair
+        + bytes([5]) + u64(0x7000)  # base_address
+        + bytes([4, 0x00, 0x10])
+        + bytes([2, 0, 1])  # startx_endx
+        + bytes([6]) + u64(0x8000) + u64(0x8004)  # start_end
+        + bytes([0])
+    )  # fmt: skip
+    assert read_rnglist(rnglist, 0, 0x1000, addr_table.__getitem__) == [
+        [0x1000, 0x1010],
+        [0x7000, 0x7010],
+        [0x5000, 0x6000],
+        [0x8000, 0x8004],
+    ]
+    v4 = u64(0x10) + u64(0x20) + u64(MAX_ADDR) + u64(0x4000) + u64(0x10) + u64(0x20) + u64(0) * 2
+    assert read_ranges_v4(v4, 0, 0x1000) == [[0x1010, 0x1020], [0x4010, 0x4020]]
+    loc_v4 = (
+        u64(0x10) + u64(0x20) + len(expr).to_bytes(2, "little") + expr
+        + u64(MAX_ADDR) + u64(0x4000)
+        + u64(0x10) + u64(0x20) + len(expr).to_bytes(2, "little") + expr
+        + u64(0) * 2
+    )  # fmt: skip
+    assert read_loc_v4(loc_v4, 0, 0x1000) == [[0x1010, 0x1020, "9110"], [0x4010, 0x4020, "9110"]]

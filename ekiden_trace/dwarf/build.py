@@ -19,7 +19,7 @@ from elftools.dwarf.die import DIE
 from elftools.dwarf.dwarfinfo import DWARFInfo
 from elftools.elf.elffile import ELFFile
 
-from .dies import Attr, RawDIE, Sections, UnitReader
+from .dies import Attr, RawDIE, SectionData, UnitReader
 from .model import Function, Location, Scope, Variable
 from .sections import (
     MAX_ADDR,
@@ -129,7 +129,7 @@ class _Unit:
     def file(self, attr: Attr | None) -> str | None:
         if attr is None or not 0 <= attr.value < len(self.files):
             return None
-        return self.files[attr.value]
+        return self.files[int(attr.value)]
 
 
 @dataclass
@@ -165,10 +165,6 @@ def build_index(path: str) -> dict[str, Any]:
         return builder.result()
 
 
-def _sec(sec: Any) -> bytes:
-    return b"" if sec is None else bytes(sec.stream.getvalue())
-
-
 def _text(attr: Any) -> str | None:
     """A string attribute of a pyelftools DIE (the unit's top DIE)."""
     if attr is None:
@@ -198,12 +194,11 @@ def _live(lo: int) -> bool:
 
 
 class _Builder:
+    """Reads every unit (``run``), then assembles the index (``result``)."""
+
     def __init__(self, dwarf: DWARFInfo) -> None:
         self.dwarf = dwarf
-        self.sections = Sections(dwarf)
-        self.ranges_v4 = _sec(dwarf.debug_ranges_sec)
-        self.loc_v4 = _sec(dwarf.debug_loc_sec)
-        self.line_data = _sec(dwarf.debug_line_sec)
+        self.sections = SectionData(dwarf)
         self.types: dict[int, TypeInfo] = {VOID_ID: VOID}
         self.cus: list[str] = []
         self.comp_dirs: list[str | None] = []
@@ -256,7 +251,7 @@ class _Builder:
         while pos < end:
             die, pos = read(pos)
             tag = die.tag
-            if tag is None:
+            if not tag:  # the null entry ending a list of children
                 done = stack.pop()
                 if done.kind == "enum":
                     self._finish_enum(done)
@@ -315,7 +310,7 @@ class _Builder:
             standard_opcode_lengths=list(header["standard_opcode_lengths"]),
         )
         rows = read_line_rows(
-            self.line_data, program.program_start_offset, program.program_end_offset, hdr
+            self.sections.line, program.program_start_offset, program.program_end_offset, hdr
         )
         file_ids = [
             -1 if f is None else self.file_ids.setdefault(f, len(self.file_ids)) for f in unit.files
@@ -397,7 +392,7 @@ class _Builder:
                     self.sections.rnglists, attr.value, unit.base, unit.reader.addrx
                 )
             else:
-                ranges = read_ranges_v4(self.ranges_v4, attr.value, unit.base)
+                ranges = read_ranges_v4(self.sections.ranges, attr.value, unit.base)
         else:
             low = a.get("DW_AT_low_pc")
             if low is None:
@@ -426,7 +421,7 @@ class _Builder:
                     self.sections.loclists, attr.value, unit.base, unit.reader.addrx
                 )
             else:
-                ranges = read_loc_v4(self.loc_v4, attr.value, unit.base)
+                ranges = read_loc_v4(self.sections.loc, attr.value, unit.base)
             return {"kind": "list", "ranges": ranges} if ranges else {"kind": "none"}
         return {"kind": "none"}
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import NoteSection
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 
@@ -102,7 +103,7 @@ def read_build_id(path: str | os.PathLike[str]) -> str | None:
     try:
         with open(path, "rb") as f:
             section = ELFFile(f).get_section_by_name(".note.gnu.build-id")
-            if section is None or section.header["sh_type"] != "SHT_NOTE":
+            if not isinstance(section, NoteSection):
                 return None
             for note in section.iter_notes():
                 if note["n_name"] == "GNU" and note["n_type"] == "NT_GNU_BUILD_ID":

@@ -10,6 +10,7 @@ supplies the unit headers and each unit's top DIE.
 
 from __future__ import annotations
 
+import struct
 from typing import Any, NamedTuple
 
 from elftools.dwarf.compileunit import CompileUnit
@@ -17,7 +18,7 @@ from elftools.dwarf.die import DIE
 from elftools.dwarf.dwarfinfo import DWARFInfo
 from elftools.dwarf.enums import ENUM_DW_AT, ENUM_DW_FORM, ENUM_DW_TAG
 
-from .sections import sleb, uleb
+from .sections import sleb, uint, uleb
 
 _TAG_NAMES = {code: name for name, code in ENUM_DW_TAG.items()}
 _FORM_NAMES = {code: name for name, code in ENUM_DW_FORM.items()}
@@ -115,12 +116,12 @@ class Attr(NamedTuple):
 
 
 class RawDIE:
-    """One DIE: offset, tag (None for the null entry), children flag, attributes."""
+    """One DIE: offset, tag ("" for the null entry), children flag, attributes."""
 
     __slots__ = ("attributes", "has_children", "offset", "tag")
 
     def __init__(
-        self, offset: int, tag: str | None, has_children: bool, attributes: dict[str, Attr]
+        self, offset: int, tag: str, has_children: bool, attributes: dict[str, Attr]
     ) -> None:
         self.offset = offset
         self.tag = tag
@@ -132,12 +133,12 @@ _Spec = tuple[str | None, int, int | None, int | None]  # name, form, implicit, 
 _Abbrev = tuple[str, bool, tuple[_Spec, ...]]
 
 
-def _u(data: bytes, pos: int, size: int) -> int:
-    return int.from_bytes(data[pos : pos + size], "little")
+_u32 = struct.Struct("<I").unpack_from
+_u64 = struct.Struct("<Q").unpack_from
 
 
-class Sections:
-    """The DWARF sections a DIE reader needs, as bytes, shared by all units."""
+class SectionData:
+    """The bytes of the DWARF sections the index reads, shared by all units."""
 
     def __init__(self, dwarf: DWARFInfo) -> None:
         def raw(sec: Any) -> bytes:
@@ -151,6 +152,9 @@ class Sections:
         self.addr = raw(dwarf.debug_addr_sec)
         self.loclists = raw(dwarf.debug_loclists_sec)
         self.rnglists = raw(dwarf.debug_rnglists_sec)
+        self.loc = raw(dwarf.debug_loc_sec)  # DWARF 2-4
+        self.ranges = raw(dwarf.debug_ranges_sec)  # DWARF 2-4
+        self.line = raw(dwarf.debug_line_sec)
         self._strings: dict[tuple[int, int], str] = {}
         self._abbrevs: dict[int, dict[int, _Abbrev]] = {}
 
@@ -197,11 +201,12 @@ class Sections:
 class UnitReader:
     """Reads the DIEs of one compilation unit."""
 
-    def __init__(self, sections: Sections, cu: CompileUnit, top: DIE) -> None:
+    def __init__(self, sections: SectionData, cu: CompileUnit, top: DIE) -> None:
         self.s = sections
         self.cu_offset: int = cu.cu_offset
         self.addr_size: int = cu["address_size"]
         self.offset_size = 8 if cu.structs.dwarf_format == 64 else 4
+        self._offset = _u64 if self.offset_size == 8 else _u32
         self.ref_addr_size = self.offset_size if cu["version"] >= 3 else self.addr_size
         self.abbrevs = sections.abbrevs(cu["debug_abbrev_offset"])
         attrs = top.attributes
@@ -217,7 +222,7 @@ class UnitReader:
 
     def addrx(self, index: int) -> int:
         """The address at index of this unit's .debug_addr contribution."""
-        return _u(self.s.addr, self.addr_base + index * self.addr_size, self.addr_size)
+        return uint(self.s.addr, self.addr_base + index * self.addr_size, self.addr_size)
 
     def read(self, pos: int) -> tuple[RawDIE, int]:
         """Decode the DIE at pos; return it and the position of the next one."""
@@ -228,7 +233,7 @@ class UnitReader:
         if code >= 0x80:
             code, pos = uleb(data, start)
         if code == 0:
-            return RawDIE(start, None, False, {}), pos
+            return RawDIE(start, "", False, {}), pos
         tag, children, specs = self.abbrevs[code]
         attrs: dict[str, Attr] = {}
         for name, form, implicit, fixed in specs:
@@ -236,10 +241,10 @@ class UnitReader:
                 pos += fixed
                 continue
             if form == _REF4:
-                value = self.cu_offset + _u(data, pos, 4)
+                value = self.cu_offset + _u32(data, pos)[0]
                 pos += 4
             elif form == _STRP:
-                offset = _u(data, pos, self.offset_size)
+                offset = self._offset(data, pos)[0]
                 pos += self.offset_size
                 if name is None:
                     continue
@@ -254,7 +259,7 @@ class UnitReader:
                 value = data[pos : pos + size]
                 pos += size
             elif form == _SEC_OFFSET:
-                value = _u(data, pos, self.offset_size)
+                value = self._offset(data, pos)[0]
                 pos += self.offset_size
             elif form == _IMPLICIT_CONST:
                 value = implicit
@@ -269,13 +274,13 @@ class UnitReader:
         data = self.s.info
         size = _FIXED.get(form, 0)
         if form in _UNIT_REFS:
-            return self.cu_offset + _u(data, pos, size), pos + size
+            return self.cu_offset + uint(data, pos, size), pos + size
         if form in (_DATA2, _DATA4, _DATA8, _DATA16, _REF_SIG8, _REF_SUP4, _REF_SUP8):
-            return _u(data, pos, size), pos + size
+            return uint(data, pos, size), pos + size
         if form == _FLAG:
             return data[pos] != 0, pos + 1
         if form == _ADDR:
-            return _u(data, pos, self.addr_size), pos + self.addr_size
+            return uint(data, pos, self.addr_size), pos + self.addr_size
         if form == _UDATA:
             return uleb(data, pos)
         if form == _SDATA:
@@ -284,9 +289,9 @@ class UnitReader:
             value, pos = uleb(data, pos)
             return self.cu_offset + value, pos
         if form == _REF_ADDR:
-            return _u(data, pos, self.ref_addr_size), pos + self.ref_addr_size
+            return uint(data, pos, self.ref_addr_size), pos + self.ref_addr_size
         if form in (_LINE_STRP, _STRP_SUP, _GNU_REF_ALT, _GNU_STRP_ALT):
-            offset = _u(data, pos, self.offset_size)
+            offset = uint(data, pos, self.offset_size)
             pos += self.offset_size
             if form == _LINE_STRP:
                 return self.s.cstring(self.s.line_str, offset), pos
@@ -297,14 +302,14 @@ class UnitReader:
         if form in _BLOCK_WIDTH:
             width = _BLOCK_WIDTH[form]
             if width:
-                length = _u(data, pos, width)
+                length = uint(data, pos, width)
                 pos += width
             else:
                 length, pos = uleb(data, pos)
             return data[pos : pos + length], pos + length
         if form in _INDEXED:
             if size:
-                index = _u(data, pos, size)
+                index = uint(data, pos, size)
                 pos += size
             else:
                 index, pos = uleb(data, pos)
@@ -321,10 +326,10 @@ class UnitReader:
             return self.addrx(index)
         if form in _STR_INDEXES:
             entry = self.str_offsets_base + index * self.offset_size
-            return s.cstring(s.str, _u(s.str_offsets, entry, self.offset_size))
+            return s.cstring(s.str, uint(s.str_offsets, entry, self.offset_size))
         section, base = (
             (s.loclists, self.loclists_base)
             if form == _LOCLISTX
             else (s.rnglists, self.rnglists_base)
         )
-        return base + _u(section, base + index * self.offset_size, self.offset_size)
+        return base + uint(section, base + index * self.offset_size, self.offset_size)

@@ -18,14 +18,14 @@ from typing import Any
 from elftools.elf.elffile import ELFFile
 
 from .build import build_index
-from .cache import file_key, load_or_build
+from .cache import file_key, load_or_build, store
 from .model import Function, LazyVariables, Location, Scope, Variable
 from .types import VOID, VOID_ID, TypeInfo, normalize_base_name
 
 __all__ = ["FORMAT", "DebugIndex", "Function", "Location", "Scope", "Variable"]
 
-FORMAT = 1
-"""Version of the cached index layout; part of the cache key."""
+FORMAT = 2
+"""Version of the cached index layout; part of the cache key and of the data."""
 
 _STATIC_SCOPES = frozenset({"global", "file_static", "function_static"})
 _TAGS = ("struct", "union", "enum")
@@ -103,8 +103,16 @@ class DebugIndex:
             has_debug_info = ELFFile(f).get_section_by_name(".debug_info") is not None
         if not has_debug_info:
             return cls(path, build_id, {"has_debug_info": False})
+        key = f"{build_id}-dwarf-v{FORMAT}"
+
+        def build() -> dict[str, Any]:
+            return {**build_index(path), "format": FORMAT}
+
         with _gc_paused():
-            data = load_or_build(f"{build_id}-dwarf-v{FORMAT}", lambda: build_index(path))
+            data = load_or_build(key, build)
+            if data.get("format") != FORMAT:  # an entry left by an older layout
+                data = build()
+                store(key, data)
             return cls(path, build_id, data)
 
     # ---------------------------------------------------------------- types

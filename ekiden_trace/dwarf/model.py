@@ -22,6 +22,9 @@ Location = dict[str, Any]
 """
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 @dataclass
 class Variable:
     """A named variable and where it lives.
@@ -56,7 +59,7 @@ class Variable:
             self.function,
             cu,
             self.type,
-            json.dumps(self.location, separators=(",", ":")),
+            _COMPACT.encode(self.location),
             self.decl_file,
             self.decl_line,
             self.external,

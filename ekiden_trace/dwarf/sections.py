@@ -45,7 +45,8 @@ def sleb(data: bytes, pos: int) -> tuple[int, int]:
             return result, pos
 
 
-def _u(data: bytes, pos: int, size: int) -> int:
+def uint(data: bytes, pos: int, size: int) -> int:
+    """The little-endian unsigned integer of size bytes at pos."""
     return int.from_bytes(data[pos : pos + size], "little")
 
 
@@ -62,7 +63,7 @@ def read_rnglist(data: bytes, pos: int, base: int, addrx: AddrIndex) -> list[lis
             base = addrx(idx)
             continue
         if kind == 5:  # base_address
-            base = _u(data, pos, 8)
+            base = uint(data, pos, 8)
             pos += 8
             continue
         if kind == 2:  # startx_endx
@@ -79,10 +80,10 @@ def read_rnglist(data: bytes, pos: int, base: int, addrx: AddrIndex) -> list[lis
             b, pos = uleb(data, pos)
             lo, hi = base + a, base + b
         elif kind == 6:  # start_end
-            lo, hi = _u(data, pos, 8), _u(data, pos + 8, 8)
+            lo, hi = uint(data, pos, 8), uint(data, pos + 8, 8)
             pos += 16
         elif kind == 7:  # start_length
-            lo = _u(data, pos, 8)
+            lo = uint(data, pos, 8)
             length, pos = uleb(data, pos + 8)
             hi = lo + length
         else:
@@ -95,7 +96,7 @@ def read_ranges_v4(data: bytes, pos: int, base: int) -> list[list[int]]:
     """Decode a DWARF 2-4 .debug_ranges list at pos into [[lo, hi], ...]."""
     out: list[list[int]] = []
     while True:
-        lo, hi = _u(data, pos, 8), _u(data, pos + 8, 8)
+        lo, hi = uint(data, pos, 8), uint(data, pos + 8, 8)
         pos += 16
         if lo == 0 and hi == 0:
             return out
@@ -123,7 +124,7 @@ def read_loclist(data: bytes, pos: int, base: int, addrx: AddrIndex) -> list[lis
             base = addrx(idx)
             continue
         if kind == 6:  # base_address
-            base = _u(data, pos, 8)
+            base = uint(data, pos, 8)
             pos += 8
             continue
         if kind == 9:  # DW_LLE_GNU_view_pair: location views, not addresses
@@ -147,10 +148,10 @@ def read_loclist(data: bytes, pos: int, base: int, addrx: AddrIndex) -> list[lis
         elif kind == 5:  # default_location
             lo, hi = 0, MAX_ADDR
         elif kind == 7:  # start_end
-            lo, hi = _u(data, pos, 8), _u(data, pos + 8, 8)
+            lo, hi = uint(data, pos, 8), uint(data, pos + 8, 8)
             pos += 16
         elif kind == 8:  # start_length
-            lo = _u(data, pos, 8)
+            lo = uint(data, pos, 8)
             length, pos = uleb(data, pos + 8)
             hi = lo + length
         else:
@@ -171,14 +172,14 @@ def read_loc_v4(data: bytes, pos: int, base: int) -> list[list[int | str]]:
     """Decode a DWARF 2-4 .debug_loc list at pos into [[lo, hi, expr_hex], ...]."""
     out: list[list[int | str]] = []
     while True:
-        lo, hi = _u(data, pos, 8), _u(data, pos + 8, 8)
+        lo, hi = uint(data, pos, 8), uint(data, pos + 8, 8)
         pos += 16
         if lo == 0 and hi == 0:
             return out
         if lo == MAX_ADDR:
             base = hi
             continue
-        size = _u(data, pos, 2)
+        size = uint(data, pos, 2)
         pos += 2
         if lo < hi:
             out.append([base + lo, base + hi, data[pos : pos + size].hex()])
@@ -232,7 +233,7 @@ def read_line_rows(data: bytes, start: int, end: int, hdr: LineHeader) -> list[S
                 rows = []
                 address, file, line = 0, 1, 1
             elif sub == 2:  # DW_LNE_set_address
-                address = _u(data, pos + 1, size - 1)
+                address = uint(data, pos + 1, size - 1)
             pos += size
         elif op == 1:  # copy
             rows.append((address, file, line))
@@ -247,7 +248,7 @@ def read_line_rows(data: bytes, start: int, end: int, hdr: LineHeader) -> list[S
         elif op == 8:  # const_add_pc
             address += ((255 - opcode_base) // line_range) * min_len
         elif op == 9:  # fixed_advance_pc
-            address += _u(data, pos, 2)
+            address += uint(data, pos, 2)
             pos += 2
         else:  # set_column, negate_stmt, prologue_end, set_isa, ...: operands only
             for _ in range(lengths[op - 1]):

@@ -21,7 +21,7 @@ _QUALIFIER_WORD = {
     "restrict": "restrict",
     "atomic": "_Atomic",
 }
-_TAGGED = {"struct": "struct", "union": "union", "enum": "enum"}
+_TAGGED = frozenset({"struct", "union", "enum"})
 
 
 @dataclass
@@ -209,7 +209,7 @@ def c_name(types: dict[int, TypeInfo], tid: int | None, declarator: str = "") ->
 
 def _leaf_name(t: TypeInfo) -> str:
     if t.kind in _TAGGED:
-        return f"{_TAGGED[t.kind]} {t.name or '{...}'}"
+        return f"{t.kind} {t.name or '{...}'}"
     return t.name or "void"
 
 
