@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from clients import CounterClient, KvClient, code_bytes, fixture_binary, start_server
-from conftest import needs_ptrace, process_state, run_tool, tool_json, tracer_of
+from conftest import REPO, needs_ptrace, process_state, run_tool, tool_json, tracer_of
 
 pytestmark = needs_ptrace
 
@@ -186,3 +188,31 @@ def test_json_is_stable_and_complete(kvstore: Any) -> None:
     for var in snapshot["variables"]:
         assert set(var) >= {"name", "key", "scope", "type", "address", "value"}
     json.dumps(snapshot)
+
+
+@pytest.mark.parametrize("level", ["-O0", "-O1", "-O3"])
+def test_inspect_at_other_optimisation_levels(level: str, tmp_path: Path) -> None:
+    binary = tmp_path / f"kvstore{level}"
+    source = fixture_binary("kvstore", "v1").with_suffix(".c")
+    subprocess.run(
+        [
+            "gcc",
+            "-std=c99",
+            "-D_GNU_SOURCE",
+            "-g",
+            level,
+            "-I",
+            str(REPO / "probes"),
+            str(source),
+            "-o",
+            str(binary),
+        ],
+        check=True,
+    )
+    with start_server(binary) as server, KvClient(server.port) as client:
+        keys = {f"k{i}": f"v{i}" for i in range(100)}
+        client.pipeline([f"SET {k} {v}" for k, v in keys.items()])
+        snapshot = tool_json("inspect", str(server.pid))
+        assert table_contents(snapshot)[0] == keys
+        assert variables(snapshot)["served"]["value"] == 100
+        assert variables(snapshot)["client_fds"]["value"][0] > 2

@@ -140,3 +140,33 @@ def test_non_elf_file_is_refused(tmp_path: Path) -> None:
 
 def test_missing_binary_is_refused(tmp_path: Path) -> None:
     expect_refusal(["points", str(tmp_path / "nope")], 2, "does not exist")
+
+
+def test_points_agree_with_gdb_info_probes() -> None:
+    if shutil.which("gdb") is None:
+        pytest.skip("gdb is not installed (make setup installs it)")
+    binary = fixture_binary("counter", "v1")
+    out = subprocess.run(
+        ["gdb", "-nx", "-batch", "-ex", "info probes", str(binary)], capture_output=True, text=True
+    ).stdout
+    gdb_probes = {
+        (fields[2], int(fields[3], 16))
+        for fields in (line.split() for line in out.splitlines())
+        if len(fields) >= 4 and fields[:2] == ["stap", "ekiden"]
+    }
+    data = tool_json("points", str(binary))
+    assert gdb_probes == {(p["name"], int(p["address"], 16)) for p in data["points"]}
+
+
+def test_cflags_finds_the_header(tmp_path: Path) -> None:
+    result = run_tool("cflags")
+    assert result.returncode == 0
+    flags = result.stdout.split()
+    source = tmp_path / "marked.c"
+    source.write_text(
+        '#include "ekiden.h"\nint main(void) { int n; if (EKIDEN_TAG(n)) n = 0;'
+        " EKIDEN_UPDATE_POINT(top); return n; }\n"
+    )
+    subprocess.run(["gcc", *flags, "-g", str(source), "-o", str(tmp_path / "marked")], check=True)
+    names = [p["name"] for p in tool_json("points", str(tmp_path / "marked"))["points"]]
+    assert names == ["top"]
