@@ -414,22 +414,22 @@ class Capturer:
                 self._account(len(text) + 1)
             else:
                 text = self._read(addr, item.count or 0)
-            obj = self._new_object(addr, self._type_name(pointee), len(text), len(text) + 1)
+            obj = self._new_object(addr, pointee, len(text), len(text) + 1)
             obj.string = text
             pointer.target = ObjectRef(obj.id)
             return None
         count = item.count if item.count is not None else 1
-        obj = self._new_object(addr, self._type_name(pointee), count, (pinfo.size or 0) * count)
+        obj = self._new_object(addr, pointee, count, (pinfo.size or 0) * count)
         pointer.target = ObjectRef(obj.id)
         return obj, pointee
 
-    def _new_object(self, addr: int, type_name: str, count: int, extent: int) -> HeapObject:
+    def _new_object(self, addr: int, type_id: int, count: int, extent: int) -> HeapObject:
         if len(self.objects) >= MAX_OBJECTS:
             raise CaptureLimit(
                 f"the tagged state reaches more than {MAX_OBJECTS} heap objects; add hints to "
                 "stop following pointers that are not state (EKIDEN_HINT_OPAQUE)."
             )
-        obj = HeapObject(len(self.objects) + 1, addr, type_name, count)
+        obj = HeapObject(len(self.objects) + 1, addr, self._type_name(type_id), count, type_id)
         self.objects[obj.id] = obj
         self._extents[obj.id] = max(extent, 1)
         bisect.insort(self._object_starts, (addr, obj.id))

@@ -51,6 +51,44 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_diff(args: argparse.Namespace) -> int:
+    from .plan import plan_update
+    from .program import Program
+    from .render import plan_json, plan_text
+    from .xform import load_transformers
+
+    plan = plan_update(Program(args.old), Program(args.new), load_transformers(args.xform))
+    if args.json:
+        print(json.dumps(plan_json(plan), indent=2))
+    else:
+        sys.stdout.write(plan_text(plan))
+    return 0 if plan.ok else 10
+
+
+def _cmd_attach(args: argparse.Namespace) -> int:
+    from .render import report_json, report_text
+    from .update import RolledBack, UpdateOptions, update
+
+    options = UpdateOptions(
+        new=args.new, args=args.args, point=args.point, xform=args.xform, timeout=args.timeout
+    )
+    try:
+        report = update(args.pid, options)
+    except RolledBack as failure:
+        report = failure.report
+        print(f"ekiden-trace: {failure}", file=sys.stderr)
+        print(
+            json.dumps(report_json(report), indent=2) if args.json else report_text(report),
+            end="" if not args.json else "\n",
+        )
+        return failure.exit_code
+    if args.json:
+        print(json.dumps(report_json(report), indent=2))
+    else:
+        sys.stdout.write(report_text(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = argparse.ArgumentParser(
@@ -83,6 +121,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for an update point (default 10)",
     )
     inspect.set_defaults(run=_cmd_inspect)
+
+    diff = sub.add_parser("diff", help="how the state of OLD maps onto NEW (no process touched)")
+    diff.add_argument("old")
+    diff.add_argument("new")
+    diff.add_argument("--xform", help="a transformer file (Python)")
+    diff.add_argument("--json", action="store_true", help="print JSON")
+    diff.set_defaults(run=_cmd_diff)
+
+    attach = sub.add_parser("attach", help="update a live process to a new version")
+    attach.add_argument("pid", type=int)
+    attach.add_argument("--new", required=True, help="the new version's binary")
+    attach.add_argument(
+        "--args",
+        nargs=argparse.REMAINDER,
+        help="arguments for the new version (default: the old argv)",
+    )
+    attach.add_argument("--point", help="update only at this update point")
+    attach.add_argument("--xform", help="a transformer file (Python)")
+    attach.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for each update point (default 10)",
+    )
+    attach.add_argument("--json", action="store_true", help="print the report as JSON")
+    attach.set_defaults(run=_cmd_attach)
     return parser
 
 

@@ -101,6 +101,16 @@ class ControlBlock:
         name = self.tracee.read_cstring(what, 256).decode("latin-1") if what else ""
         return MarkStop(kind, name, addr, size)
 
+    def answer(self, value: int) -> None:
+        """What the tag being served returns: 0 = value written, 1 = initialise normally."""
+        self._write_int(OFF_ANSWER, value)
+
+    def mark_updating(self, point: str) -> None:
+        """Tell a freshly exec'd program it was started by an update at `point`."""
+        name = point.encode()[: FROM_SIZE - 1]
+        self.tracee.write(self.address + OFF_FROM, name.ljust(FROM_SIZE, b"\0"))
+        self._write_int(OFF_UPDATING, 1)
+
     def take_stop(self) -> None:
         """Mark the reported stop as handled."""
         self._write_int(OFF_KIND, 0)

@@ -78,14 +78,29 @@ def _code_around(live: LiveProcess, pc: int) -> list[str]:
         return []
 
 
+def check_point(program: Program, point: str | None) -> None:
+    """BinaryError unless `point` is None or an update point of the program."""
+    if point is not None and point not in program.point_names:
+        known = ", ".join(sorted(program.point_names)) or "none"
+        raise BinaryError(
+            f"{program.path} has no update point named {point}; its points are: {known}."
+        )
+
+
+def capture_stopped(live: LiveProcess, tracee: Tracee, point: str | None, now: bool) -> Snapshot:
+    """Capture the tagged state of a tracee stopped at `point` (or anywhere, with now)."""
+    live.stopped(tracee)
+    frames = live.frames()
+    stop = _stop_location(live, frames, point)
+    if now and frames:
+        stop.code = _code_around(live, frames[0].pc)
+    return Capturer(live).capture(stop, frames)
+
+
 def inspect(pid: int, options: InspectOptions) -> Snapshot:
     """Capture the tagged state of process `pid`; it keeps running, untouched, afterwards."""
     program = program_of(pid)
-    if options.point is not None and options.point not in program.point_names:
-        known = ", ".join(sorted(program.point_names)) or "none"
-        raise BinaryError(
-            f"{program.path} has no update point named {options.point}; its points are: {known}."
-        )
+    check_point(program, options.point)
     _ = program.tags  # resolve tags before the pause
     live = LiveProcess(pid, program)
     tracee = Tracee.seize(pid)
@@ -97,11 +112,6 @@ def inspect(pid: int, options: InspectOptions) -> Snapshot:
             control.check()
             signo = choose_stop_signal(tracee)
             point = wait_for_point(tracee, control, signo, options.point, options.timeout).what
-        live.stopped(tracee)
-        frames = live.frames()
-        stop = _stop_location(live, frames, point)
-        if options.now and frames:
-            stop.code = _code_around(live, frames[0].pc)
-        return Capturer(live).capture(stop, frames)
+        return capture_stopped(live, tracee, point, options.now)
     finally:
         leave(tracee, control)

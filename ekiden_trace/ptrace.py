@@ -11,7 +11,7 @@ import ctypes
 import os
 
 from ptrace.binding import func as _binding
-from ptrace.binding.linux_struct import siginfo, user_regs_struct
+from ptrace.binding.linux_struct import iovec_struct, siginfo, user_regs_struct
 from ptrace.error import PtraceError
 
 __all__ = ["siginfo", "user_regs_struct"]
@@ -19,12 +19,16 @@ __all__ = ["siginfo", "user_regs_struct"]
 PTRACE_PEEKUSER = 3
 PTRACE_POKEUSER = 6
 PTRACE_CONT = 7
+PTRACE_SINGLESTEP = 9
 PTRACE_GETREGS = 12
 PTRACE_SETREGS = 13
 PTRACE_DETACH = 17
 PTRACE_SYSCALL = 24
 PTRACE_GETEVENTMSG = 0x4201
 PTRACE_GETSIGINFO = 0x4202
+PTRACE_SETSIGINFO = 0x4203
+PTRACE_GETREGSET = 0x4204
+PTRACE_SETREGSET = 0x4205
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
 PTRACE_LISTEN = 0x4208
@@ -36,6 +40,9 @@ PTRACE_O_EXITKILL = 0x100000
 
 PTRACE_EVENT_EXEC = 4
 PTRACE_EVENT_STOP = 128
+
+# Register set of PTRACE_GETREGSET: the whole XSAVE area (x87, SSE, AVX, AVX-512...).
+NT_X86_XSTATE = 0x202
 
 # waitpid flag: wait for all children, clone or not (__WALL).
 WALL = 0x40000000
@@ -79,6 +86,11 @@ def listen(pid: int) -> None:
 def cont(pid: int, signo: int = 0) -> None:
     """Resume a stopped tracee, delivering `signo` if not 0."""
     _request(PTRACE_CONT, pid, 0, signo)
+
+
+def singlestep(pid: int, signo: int = 0) -> None:
+    """Resume for one instruction; the tracee then stops with SIGTRAP."""
+    _request(PTRACE_SINGLESTEP, pid, 0, signo)
 
 
 def syscall(pid: int, signo: int = 0) -> None:
@@ -125,3 +137,23 @@ def getsiginfo(pid: int) -> siginfo:
     info = siginfo()
     _request(PTRACE_GETSIGINFO, pid, 0, ctypes.addressof(info))
     return info
+
+
+def setsiginfo(pid: int, info: siginfo) -> None:
+    """Replace the siginfo of the current signal-delivery-stop."""
+    _request(PTRACE_SETSIGINFO, pid, 0, ctypes.addressof(info))
+
+
+def getregset(pid: int, note_type: int, size: int) -> bytes:
+    """Read a register set (e.g. NT_X86_XSTATE) into a buffer of at most `size` bytes."""
+    buf = ctypes.create_string_buffer(size)
+    iov = iovec_struct(ctypes.addressof(buf), size)
+    _request(PTRACE_GETREGSET, pid, note_type, ctypes.addressof(iov))
+    return buf.raw[: iov.len]
+
+
+def setregset(pid: int, note_type: int, data: bytes) -> None:
+    """Write a register set read by getregset."""
+    buf = ctypes.create_string_buffer(data, len(data))
+    iov = iovec_struct(ctypes.addressof(buf), len(data))
+    _request(PTRACE_SETREGSET, pid, note_type, ctypes.addressof(iov))

@@ -6,8 +6,9 @@ fields are only ever added.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .program import Program
 from .snapshot import (
@@ -27,8 +28,14 @@ from .snapshot import (
     Value,
 )
 
+if TYPE_CHECKING:
+    from .plan import UpdatePlan
+    from .update import UpdateReport
+
 INSPECT_FORMAT = "ekiden-trace/inspect/1"
 POINTS_FORMAT = "ekiden-trace/points/1"
+DIFF_FORMAT = "ekiden-trace/diff/1"
+REPORT_FORMAT = "ekiden-trace/update/1"
 LINE_WIDTH = 100
 SPARSE_ARRAY = 8
 
@@ -294,4 +301,72 @@ def points_text(program: Program) -> str:
         )
     lines += ["", "hints:"]
     lines += [f"  {h['subject']:<32} {h['hint']}" for h in data["hints"]] or ["  (none)"]
+    return "\n".join(lines) + "\n"
+
+
+# -- diff and update reports ---------------------------------------------------
+
+
+def plan_json(plan: UpdatePlan) -> dict[str, Any]:
+    """An update plan as a JSON-ready dict."""
+    return {
+        "format": DIFF_FORMAT,
+        "old": str(plan.old.path),
+        "new": str(plan.new.path),
+        "ok": plan.ok,
+        "variables": [
+            {
+                "key": v.key,
+                "name": v.name,
+                "action": v.action,
+                "old_type": v.old.c_type if v.old else None,
+                "new_type": v.new.c_type if v.new else None,
+                "notes": v.notes,
+                "problems": v.problems,
+            }
+            for v in plan.variables
+        ],
+        "types": plan.type_notes,
+        "problems": plan.problems,
+    }
+
+
+def plan_text(plan: UpdatePlan) -> str:
+    """An update plan for people: each variable, each changed type, and what blocks."""
+    lines = [f"{plan.old.path} -> {plan.new.path}", "", "tagged variables:"]
+    for v in plan.variables:
+        types = f"{v.old.c_type if v.old else '-'} -> {v.new.c_type if v.new else '-'}"
+        lines.append(f"  {v.key:<28} {v.action:<18} {types}")
+        lines += [f"      ! {p}" for p in v.problems]
+    if plan.type_notes:
+        lines += ["", "types:"]
+        for type_name, notes in plan.type_notes.items():
+            lines += [f"  {type_name}: {note}" for note in notes]
+    verdict = "the update can be done" if plan.ok else "the update needs transformers for:"
+    lines += ["", verdict, *[f"  {p}" for p in plan.problems]]
+    return "\n".join(lines) + "\n"
+
+
+def report_json(report: UpdateReport) -> dict[str, Any]:
+    """An update report as a JSON-ready dict."""
+    data = dataclasses.asdict(report)
+    data["format"] = REPORT_FORMAT
+    return data
+
+
+def report_text(report: UpdateReport) -> str:
+    """An update report for people."""
+    lines = [
+        f"process {report.pid}: {report.outcome} {report.old} -> {report.new}"
+        + (f" at update point {report.point}" if report.point else ""),
+        "phases: " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in report.phases.items()),
+        f"pause: {report.pause * 1000:.2f} ms (stopped at the point until v2 ran free)",
+        f"moved: {len(report.moved)} variables ({', '.join(report.moved) or 'none'}), "
+        f"{report.objects} heap objects, {report.bytes} bytes",
+    ]
+    if report.initialised:
+        lines.append(f"initialised by the new version: {', '.join(report.initialised)}")
+    if report.dropped:
+        lines.append(f"dropped (the new version has no such tag): {', '.join(report.dropped)}")
+    lines += [f"note: {n}" for n in report.notes]
     return "\n".join(lines) + "\n"

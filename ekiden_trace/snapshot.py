@@ -112,6 +112,7 @@ class HeapObject:
     addr: int
     type_name: str
     count: int
+    type_id: int  # the element type in the captured program's DWARF
     value: Value | None = None
     string: bytes | None = None
 

@@ -198,6 +198,16 @@ class KvClient(LineClient):
         """'DELETED', 'NOTFOUND', or the server's error line."""
         return self.command(f"DEL {key}")
 
+    def hits(self, key: str) -> int | None:
+        """kvstore v2 and later: the GETs that found key, or None if it is not there."""
+        reply = self.command(f"HITS {key}")
+        if reply == "NOTFOUND":
+            return None
+        word, _, n = reply.partition(" ")
+        if word != "HITS" or not n.isdigit():
+            raise ProtocolError(f"HITS {key}: {reply!r}")
+        return int(n)
+
     def count(self) -> int:
         reply = self.command("COUNT")
         word, _, n = reply.partition(" ")

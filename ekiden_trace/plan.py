@@ -1,0 +1,256 @@
+"""The static update plan: how each tagged variable and type of v1 maps onto v2.
+
+Computed from the two binaries alone, before any process is touched; `diff`
+prints it and `attach` refuses to start when it has blocking problems.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .dwarf.types import TypeInfo, c_name, get, strip
+from .program import Program, TaggedVariable
+from .snapshot import (
+    ArrayValue,
+    FunctionRef,
+    GlobalRef,
+    ObjectRef,
+    Pointer,
+    Snapshot,
+    StructValue,
+    Unfollowed,
+    UnionValue,
+    Value,
+)
+from .xform import Transformers
+
+INT_ENCODINGS = ("signed", "unsigned", "signed_char", "unsigned_char", "bool")
+
+
+@dataclass
+class VariablePlan:
+    """What happens to one tagged variable."""
+
+    key: str
+    name: str
+    old: TaggedVariable | None
+    new: TaggedVariable | None
+    action: str  # 'transfer', 'transformer', 'dropped', 'initialised by v2'
+    notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class UpdatePlan:
+    """The mapping of every tagged variable, with everything that blocks the update."""
+
+    old: Program
+    new: Program
+    variables: list[VariablePlan]
+    type_notes: dict[str, list[str]]
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def for_key(self, key: str) -> VariablePlan | None:
+        """The plan of a variable by its identity key."""
+        return next((v for v in self.variables if v.key == key), None)
+
+
+def _under(path: str, problem: str) -> str:
+    """Prefix a problem with the path to it: 'table' + '*.buckets: ...' -> 'table*.buckets: ...'."""
+    return f"{path}{problem}" if problem[0] in ".*[" else f"{path}: {problem}"
+
+
+class TypeMatcher:
+    """Compares a v1 type with a v2 type, recursively, with memoisation and cycle safety."""
+
+    def __init__(self, old: Program, new: Program, transformers: Transformers) -> None:
+        self.old_types: dict[int, TypeInfo] = old.index.types
+        self.new_types: dict[int, TypeInfo] = new.index.types
+        self.new = new
+        self.transformers = transformers
+        self.notes: dict[str, list[str]] = {}
+        self._memo: dict[tuple[int, int], list[str]] = {}
+
+    def problems(self, old_tid: int, new_tid: int, path: str) -> list[str]:
+        """Why values of old_tid cannot be converted to new_tid automatically (empty: they can)."""
+        old_id, new_id = strip(self.old_types, old_tid), strip(self.new_types, new_tid)
+        key = (old_id, new_id)
+        if key not in self._memo:
+            self._memo[key] = []  # assume compatible while recursing (pointer cycles)
+            self._memo[key] = self._compare(
+                get(self.old_types, old_id), get(self.new_types, new_id)
+            )
+        return [_under(path, problem) for problem in self._memo[key]]
+
+    def _note(self, type_name: str, note: str) -> None:
+        notes = self.notes.setdefault(type_name, [])
+        if note not in notes:
+            notes.append(note)
+
+    def _compare(self, old: TypeInfo, new: TypeInfo) -> list[str]:
+        old_name = c_name(self.old_types, old.id)
+        new_name = c_name(self.new_types, new.id)
+        if self.transformers.for_type(old_name) is not None:
+            self._note(old_name, "converted by a type transformer")
+            return []
+        if old.kind == "base" and new.kind == "base":
+            return self._compare_base(old, new, old_name, new_name)
+        if old.kind != new.kind:
+            return [f"{old_name} became {new_name}; give a transformer"]
+        if old.kind == "enum":
+            missing = sorted(set(old.enumerators) - set(new.enumerators))
+            if missing:
+                return [
+                    f"enumerators {', '.join(missing)} of {old_name} are gone in v2; "
+                    "give a transformer"
+                ]
+            if old.size != new.size:
+                self._note(old_name, f"size {old.size} -> {new.size} bytes")
+            return []
+        if old.kind == "pointer":
+            return self._compare_pointer(old, new)
+        if old.kind in ("struct", "union"):
+            return self._compare_members(old, new, old_name)
+        if old.kind == "array":
+            if old.count != new.count:
+                self._note(old_name, f"array {old.count} -> {new.count} elements")
+            return self.problems(old.target or -1, new.target or -1, "[]")
+        return []
+
+    def _compare_base(
+        self, old: TypeInfo, new: TypeInfo, old_name: str, new_name: str
+    ) -> list[str]:
+        old_int = old.encoding in INT_ENCODINGS
+        new_int = new.encoding in INT_ENCODINGS
+        if old_int != new_int:
+            return [f"{old_name} became {new_name}; give a transformer"]
+        if old.size != new.size:
+            change = (
+                "widened" if (new.size or 0) > (old.size or 0) else "narrowed (checked per value)"
+            )
+            self._note(old_name, f"{change} to {new_name}")
+        return []
+
+    def _compare_pointer(self, old: TypeInfo, new: TypeInfo) -> list[str]:
+        old_to = get(self.old_types, strip(self.old_types, old.target))
+        new_to = get(self.new_types, strip(self.new_types, new.target))
+        if old_to.kind == "function" or new_to.kind == "function":
+            if old_to.kind != new_to.kind:
+                return ["a function pointer became a data pointer; give a transformer"]
+            return []
+        if old_to.kind == "void" or new_to.kind == "void":
+            return []  # followed only with a hint; checked per value at capture
+        return self.problems(old_to.id, new_to.id, "*")
+
+    def _compare_members(self, old: TypeInfo, new: TypeInfo, type_name: str) -> list[str]:
+        old_fields = {m.name: m for m in old.members if m.name}
+        new_fields = {m.name: m for m in new.members if m.name}
+        found: list[str] = []
+        for name, member in old_fields.items():
+            if name not in new_fields:
+                self._note(type_name, f"field {name} removed (dropped)")
+                continue
+            found += self.problems(member.type, new_fields[name].type, f".{name}")
+        for name in new_fields:
+            if name in old_fields:
+                continue
+            if self.transformers.for_field(type_name, name) is not None:
+                self._note(type_name, f"field {name} added (set by a transformer)")
+            else:
+                self._note(type_name, f"field {name} added (keeps v2's initial value)")
+        if old.kind == "union" and old.size != new.size:
+            self._note(type_name, f"union size {old.size} -> {new.size} bytes")
+        return found
+
+
+def _symbol_problems(old: Program, new: Program) -> list[str]:
+    """Functions of v1 that a function pointer may hold but v2 lacks (reported, not blocking)."""
+    new_names = {s.name for s in new.elf.symbols() if s.kind == "function"}
+    return sorted(
+        s.name for s in old.elf.symbols() if s.kind == "function" and s.name not in new_names
+    )
+
+
+def plan_update(old: Program, new: Program, transformers: Transformers) -> UpdatePlan:
+    """Map every tagged variable of old onto new; nothing here touches a process."""
+    matcher = TypeMatcher(old, new, transformers)
+    new_by_key = {t.key: t for t in new.tags}
+    variables: list[VariablePlan] = []
+    for tag in old.tags:
+        target = new_by_key.pop(tag.key, None)
+        produced = transformers.for_variable(tag.key, tag.name)
+        if produced is not None:
+            variables.append(VariablePlan(tag.key, tag.name, tag, target, "transformer"))
+            continue
+        if target is None:
+            variables.append(
+                VariablePlan(
+                    tag.key,
+                    tag.name,
+                    tag,
+                    None,
+                    "dropped",
+                    notes=["v2 has no such tagged variable"],
+                )
+            )
+            continue
+        plan = VariablePlan(tag.key, tag.name, tag, target, "transfer")
+        plan.problems = matcher.problems(tag.variable.type, target.variable.type, tag.name)
+        if tag.c_type != target.c_type:
+            plan.notes.append(f"{tag.c_type} -> {target.c_type}")
+        variables.append(plan)
+    for tag in new_by_key.values():
+        produced = transformers.for_variable(tag.key, tag.name)
+        action = "transformer" if produced is not None else "initialised by v2"
+        variables.append(VariablePlan(tag.key, tag.name, None, tag, action))
+    problems = [p for v in variables for p in v.problems]
+    gone = _symbol_problems(old, new)
+    if gone:
+        matcher.notes["functions"] = [f"gone in v2 (pointers to them fail): {', '.join(gone)}"]
+    return UpdatePlan(old, new, variables, matcher.notes, problems)
+
+
+def check_snapshot(plan: UpdatePlan, snapshot: Snapshot) -> list[str]:
+    """Pointers of the captured state that cannot be carried into v2, with their paths.
+
+    Runs during the pause but before the exec, so a refusal leaves v1 untouched.
+    """
+    new_symbols = plan.new.symbols.by_name
+    problems: list[str] = []
+    seen: set[int] = set()
+
+    def visit(value: Value | None, path: str) -> None:
+        stack = [(value, path)]
+        while stack:
+            item, where = stack.pop()
+            if isinstance(item, Pointer):
+                target = item.target
+                if isinstance(target, Unfollowed) and target.reason != "opaque" and item.addr:
+                    problems.append(
+                        f"{where} points to {item.addr:#x} ({target.reason}); add a hint "
+                        "(EKIDEN_HINT_*) or a transformer"
+                    )
+                elif isinstance(target, FunctionRef | GlobalRef):
+                    symbol = target.symbol or "?"
+                    if "@" not in symbol and symbol not in new_symbols:
+                        problems.append(f"{where} points to {symbol}, which v2 does not have")
+                elif isinstance(target, ObjectRef) and target.object_id not in seen:
+                    seen.add(target.object_id)
+                    obj = snapshot.objects[target.object_id]
+                    stack.append((obj.value, f"{where}->#{obj.id}"))
+            elif isinstance(item, StructValue):
+                stack += [(v, f"{where}.{k}") for k, v in item.fields.items()]
+            elif isinstance(item, UnionValue) and item.active:
+                stack += [(v, f"{where}.{k}") for k, v in item.members.items()]
+            elif isinstance(item, ArrayValue):
+                stack += [(v, f"{where}[{i}]") for i, v in enumerate(item.items)]
+
+    for var in snapshot.variables:
+        var_plan = plan.for_key(var.key)
+        if var_plan is not None and var_plan.action == "transfer":
+            visit(var.value, var.name)
+    return problems[:20]

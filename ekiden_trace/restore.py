@@ -1,0 +1,269 @@
+"""Bring a freshly exec'd version up to its first update point, writing state at its tags.
+
+The new program runs its own start-up.  Its marks are armed from the exec
+stop on, so every `EKIDEN_TAG(v)` stops it: the tool writes v's transferred
+or transformed value there and the tag answers false, or leaves v alone and
+the tag answers true.  The first update point the new version reaches ends
+the restore.  Start-up runs under PTRACE_SYSCALL so that an exit during
+start-up is caught at its syscall entry, while the process can still be
+rolled back.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .control import KIND_POINT, KIND_TAG, ControlBlock
+from .encode import ConversionError, Encoder
+from .errors import EkidenError
+from .inject import find_function, find_syscall_gadget, remote_call
+from .plan import UpdatePlan
+from .process import Tracee, read_maps
+from .program import Program, TaggedVariable
+from .snapshot import Snapshot
+from .xform import Context, Transformers, View, run_transformer
+
+EXIT_SYSCALLS = (60, 231)  # exit, exit_group
+ENOSYS = -38
+CRASH_SIGNALS = {
+    signal.SIGSEGV,
+    signal.SIGBUS,
+    signal.SIGILL,
+    signal.SIGFPE,
+    signal.SIGABRT,
+    signal.SIGSYS,
+    signal.SIGTRAP,
+}
+
+
+class RestoreFailed(EkidenError):
+    """The new version could not be brought up with its state (the caller rolls back)."""
+
+    exit_code = 9
+
+
+@dataclass
+class RestoreResult:
+    """What the restore wrote."""
+
+    point: str
+    written: list[str] = field(default_factory=list)
+    initialised: list[str] = field(default_factory=list)
+    not_reached: list[str] = field(default_factory=list)
+    objects: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+def load_bias(pid: int, program: Program) -> int:
+    """Load bias of a program's own mapping in a process (its file mapped at offset 0)."""
+    for mapping in read_maps(pid):
+        if mapping.offset == 0 and mapping.path and os.path.exists(mapping.path):
+            try:
+                same = os.path.samefile(mapping.path, program.path)
+            except OSError:
+                same = False
+            if same:
+                return mapping.start - program.elf.first_load_vaddr
+    raise RestoreFailed(f"{program.path} is not mapped in process {pid} after the exec.")
+
+
+class ProcessBackend:
+    """The new process, as encoding and transformers see it: calls, malloc, symbols, writes."""
+
+    def __init__(self, tracee: Tracee, program: Program, bias: int, gadget: int) -> None:
+        self.tracee = tracee
+        self.program = program
+        self.bias = bias
+        self.gadget = gadget
+        self._functions: dict[str, int] = {}
+        self.encoder: Encoder | None = None  # set once the restore has one
+
+    def function(self, name: str) -> int:
+        """Runtime address of a function of the program or of a library it loaded."""
+        if name not in self._functions:
+            base, _, library = name.partition("@")
+            sym = self.program.symbols.by_name.get(base) if not library else None
+            if sym is not None:
+                self._functions[name] = sym.addr + self.bias
+            else:
+                self._functions[name] = find_function(self.tracee.pid, base)
+        return self._functions[name]
+
+    def call(self, function: str, *args: int | str | bytes) -> int:
+        values = [self.string(a) if isinstance(a, str | bytes) else int(a) for a in args]
+        return remote_call(self.tracee, self.function(function), *values)
+
+    def malloc_many(self, sizes: list[int]) -> list[int]:
+        from .inject import batch_malloc
+
+        return batch_malloc(self.tracee, self.gadget, self.function("malloc"), sizes)
+
+    def string(self, text: str | bytes) -> int:
+        data = (text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text) + b"\0"
+        addr = self.call("malloc", len(data))
+        if addr == 0:
+            raise RestoreFailed("the new process is out of memory.")
+        self.tracee.write(addr, data)
+        return addr
+
+    def symbol_address(self, name: str) -> int:
+        base, _, library = name.partition("@")
+        if library:
+            return find_function(self.tracee.pid, base)
+        sym = self.program.symbols.by_name.get(base)
+        if sym is None:
+            raise ConversionError(f"v2 has no symbol {base}, which a pointer of v1 points to.")
+        return sym.addr + self.bias
+
+    def write(self, addr: int, data: bytes) -> None:
+        self.tracee.write(addr, data)
+
+    def set_field(self, address: int, type_name: str, field_name: str, value: Any) -> None:
+        assert self.encoder is not None
+        self.encoder.set_field(address, type_name, field_name, value)
+
+
+class Restorer:
+    """One restore of one snapshot into the version that was just exec'd."""
+
+    def __init__(
+        self,
+        tracee: Tracee,
+        plan: UpdatePlan,
+        snapshot: Snapshot,
+        transformers: Transformers,
+        point: str,
+        signo: int,
+    ) -> None:
+        self.tracee = tracee
+        self.plan = plan
+        self.new = plan.new
+        self.snapshot = snapshot
+        self.transformers = transformers
+        self.point = point
+        self.signo = signo
+        self.bias = load_bias(tracee.pid, self.new)
+        self.control = ControlBlock(tracee, self.new.marks.control + self.bias)
+        stop_sym = self.new.symbols.by_name.get("ekiden__stop")
+        ranges = (
+            [(stop_sym.addr + self.bias, stop_sym.addr + stop_sym.size + self.bias)]
+            if stop_sym
+            else []
+        )
+        self.gadget = find_syscall_gadget(tracee, ranges)
+        self.backend = ProcessBackend(tracee, self.new, self.bias, self.gadget)
+        self.context = Context(snapshot, self.backend)
+        self.encoder = Encoder(
+            plan.old, self.new, snapshot, transformers, self.backend, self.context
+        )
+        self.backend.encoder = self.encoder
+        self._old_values = {v.key: v for v in snapshot.variables}
+        self._pending = {
+            v.key
+            for v in plan.variables
+            if v.new is not None and v.action in ("transfer", "transformer")
+        }
+
+    def run(self, timeout: float) -> RestoreResult:
+        """Resume the new version until its first update point, serving its tags."""
+        started = time.monotonic()
+        result = RestoreResult(self.point)
+        self.control.check()
+        self.control.mark_updating(self.point)
+        self.control.arm(self.signo)
+        deadline = started + timeout
+        self.tracee.syscall()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RestoreFailed(
+                    f"the new version did not reach an update point within {timeout:g} s."
+                )
+            stop = self.tracee.wait_stop(remaining)
+            if stop.kind in ("exited", "killed"):
+                raise EkidenError(f"process {self.tracee.pid} died during the restore ({stop}).")
+            if stop.kind == "syscall":
+                self._check_exit()
+                self.tracee.syscall()
+                continue
+            if stop.kind == "signal" and stop.signo == self.signo:
+                reported = self.control.pending_stop()
+                if reported is not None:
+                    self.control.take_stop()
+                    if reported.kind == KIND_POINT:
+                        self.control.disarm()
+                        break
+                    if reported.kind == KIND_TAG:
+                        self._serve_tag(reported.what, reported.addr, reported.size, result)
+                    self.control.arm(self.signo)
+                    self.tracee.syscall()
+                    continue
+            if stop.kind == "signal" and stop.signo in CRASH_SIGNALS:
+                name = signal.Signals(stop.signo).name
+                raise RestoreFailed(f"the new version crashed with {name} during its start-up.")
+            self.tracee.syscall(stop.signo if stop.kind == "signal" else 0)
+        result.not_reached = sorted(self._pending)
+        if result.not_reached:
+            raise RestoreFailed(
+                "the new version reached an update point before the tags of "
+                f"{', '.join(result.not_reached)}; place those tags before its first update point."
+            )
+        result.objects = self.encoder.objects_written
+        result.bytes = self.encoder.bytes_written
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _check_exit(self) -> None:
+        regs = self.tracee.regs()
+        if regs.orig_rax in EXIT_SYSCALLS and regs.rax == (ENOSYS & (1 << 64) - 1):
+            raise RestoreFailed(
+                f"the new version called exit({regs.rdi & 0xFF}) during its start-up."
+            )
+
+    def _tag_for(self, name: str, addr: int) -> TaggedVariable | None:
+        candidates = [t for t in self.new.tags if t.name == name]
+        for tag in candidates:
+            loc = tag.variable.location
+            if loc["kind"] == "addr" and loc["addr"] + self.bias == addr:
+                return tag
+        locals_ = [t for t in candidates if t.variable.location["kind"] != "addr"]
+        if len(locals_) == 1:
+            return locals_[0]
+        return locals_[0] if locals_ else None
+
+    def _serve_tag(self, name: str, addr: int, size: int, result: RestoreResult) -> None:
+        tag = self._tag_for(name, addr)
+        plan = self.plan.for_key(tag.key) if tag is not None else None
+        if tag is None or plan is None or plan.action not in ("transfer", "transformer"):
+            if tag is not None and tag.key not in result.initialised:
+                result.initialised.append(tag.key)
+            return
+        if tag.key not in self._pending:
+            return  # already written once (a tag reached twice answers true the second time)
+        old = self._old_values.get(plan.old.key) if plan.old is not None else None
+        if plan.action == "transformer":
+            produce = self.transformers.for_variable(tag.key, tag.name)
+            assert produce is not None
+            view = (
+                View(old.value, self.snapshot, old.c_type)
+                if old is not None and old.value is not None
+                else None
+            )
+            value: Any = run_transformer(produce, tag.name, view, self.context)
+        else:
+            if old is None or old.value is None:
+                return
+            value = old.value
+        static = tag.variable.location["kind"] == "addr"
+        buf = bytearray(self.tracee.read(addr, size) if static else bytes(size))
+        self.encoder.materialise([(value, tag.variable.type)])
+        self.encoder.encode(value, tag.variable.type, buf, 0, tag.name)
+        self.tracee.write(addr, bytes(buf))
+        self.control.answer(0)
+        self._pending.discard(tag.key)
+        result.written.append(tag.key)

@@ -1,0 +1,216 @@
+"""`attach --new`: update one live process to a new version, with rollback.
+
+Order of work, so that everything slow or fallible comes before the pause:
+read both binaries and plan (process untouched) -> seize -> wait at an update
+point (pause starts) -> capture -> check the captured pointers -> clear
+FD_CLOEXEC -> exec the new binary in place -> restore at its tags -> its first
+update point (pause ends) -> detach.  A failure before the exec leaves v1 as
+it was; a failure after it execs v1 again and restores v1's own snapshot, so
+the process keeps its PID, its fds and its state.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from .control import ControlBlock, choose_stop_signal
+from .errors import BinaryError, EkidenError
+from .inject import (
+    clear_cloexec,
+    exec_in_place,
+    find_syscall_gadget,
+    open_fds,
+    read_cmdline,
+    read_environ,
+    restore_cloexec,
+)
+from .inspect_process import capture_stopped, check_point, program_of
+from .live import LiveProcess
+from .plan import UpdatePlan, check_snapshot, plan_update
+from .process import Tracee
+from .program import Program
+from .restore import Restorer
+from .snapshot import Snapshot
+from .stopping import leave, wait_for_point
+from .xform import Transformers, load_transformers
+
+
+class PlanRefused(EkidenError):
+    """The update cannot be done automatically; nothing was touched."""
+
+    exit_code = 10
+
+
+class RolledBack(EkidenError):
+    """The update failed after the exec; the process runs its old version again."""
+
+    exit_code = 11
+
+    def __init__(self, message: str, report: UpdateReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass(frozen=True)
+class UpdateOptions:
+    """What `attach` was asked for."""
+
+    new: str
+    args: list[str] | None = None
+    point: str | None = None
+    xform: str | None = None
+    timeout: float = 10.0
+
+
+@dataclass
+class UpdateReport:
+    """What happened, phase by phase."""
+
+    pid: int
+    old: str
+    new: str
+    point: str = ""
+    outcome: str = "not started"
+    phases: dict[str, float] = field(default_factory=dict)
+    pause: float = 0.0
+    moved: list[str] = field(default_factory=list)
+    initialised: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    objects: int = 0
+    bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class _Clock:
+    def __init__(self, report: UpdateReport) -> None:
+        self.report = report
+        self.last = time.monotonic()
+
+    def lap(self, phase: str) -> float:
+        now = time.monotonic()
+        self.report.phases[phase] = now - self.last
+        self.last = now
+        return now
+
+
+def prepare(pid: int, options: UpdateOptions) -> tuple[Program, Program, UpdatePlan, Transformers]:
+    """Read both binaries and plan; raises before anything touches the process."""
+    old = program_of(pid)
+    new = Program(options.new)
+    if not new.points:
+        raise BinaryError(f"{new.path} has no update point, so an update to it could never finish.")
+    check_point(old, options.point)
+    transformers = load_transformers(options.xform)
+    plan = plan_update(old, new, transformers)
+    if not plan.ok:
+        listed = "; ".join(plan.problems[:5])
+        raise PlanRefused(
+            f"v1's state cannot be mapped onto {new.path} without transformers: {listed}. "
+            "Run `ekiden-trace diff` for the full report."
+        )
+    return old, new, plan, transformers
+
+
+def update(pid: int, options: UpdateOptions) -> UpdateReport:
+    """Update process `pid` to options.new; raises with the process running v1 on failure."""
+    report = UpdateReport(pid, os.path.realpath(f"/proc/{pid}/exe"), options.new)
+    clock = _Clock(report)
+    old, new, plan, transformers = prepare(pid, options)
+    report.dropped = [v.key for v in plan.variables if v.action == "dropped"]
+    report.notes = [f"{t}: {n}" for t, notes in plan.type_notes.items() for n in notes]
+    argv = [a.encode() for a in options.args] if options.args is not None else read_cmdline(pid)
+    if options.args is not None:
+        argv.insert(0, read_cmdline(pid)[0])
+    envp = read_environ(pid)
+    live = LiveProcess(pid, old)
+    identity = plan_update(old, old, Transformers())
+    clock.lap("plan")
+    tracee = Tracee.seize(pid)
+    control: ControlBlock | None = ControlBlock(tracee, old.marks.control + live.bias)
+    try:
+        control.check()
+        signo = choose_stop_signal(tracee)
+        report.point = wait_for_point(tracee, control, signo, options.point, options.timeout).what
+        paused = clock.lap("wait")
+        snapshot = capture_stopped(live, tracee, report.point, now=False)
+        clock.lap("capture")
+        problems = check_snapshot(plan, snapshot)
+        if problems:
+            raise PlanRefused("the captured state cannot be carried over: " + "; ".join(problems))
+        stop_sym = old.symbols.by_name.get("ekiden__stop")
+        ranges = (
+            [(stop_sym.addr + live.bias, stop_sym.addr + stop_sym.size + live.bias)]
+            if stop_sym
+            else []
+        )
+        gadget = find_syscall_gadget(tracee, ranges)
+        cleared = clear_cloexec(tracee, gadget, open_fds(pid))
+        try:
+            exec_in_place(tracee, gadget, str(new.path), argv, envp)
+        except EkidenError:
+            restore_cloexec(tracee, gadget, cleared)
+            raise
+        control = None  # the old control block went away with the old image
+        clock.lap("exec")
+        restorer = None
+        try:
+            restorer = Restorer(tracee, plan, snapshot, transformers, report.point, signo)
+            result = restorer.run(options.timeout)
+        except EkidenError as failure:
+            gadget = restorer.gadget if restorer is not None else find_syscall_gadget(tracee, [])
+            _roll_back(
+                tracee,
+                gadget,
+                old,
+                identity,
+                snapshot,
+                report.point,
+                signo,
+                argv,
+                envp,
+                cleared,
+                options.timeout,
+            )
+            report.outcome = "rolled back"
+            raise RolledBack(
+                f"the update failed after the exec and was rolled back: {failure}", report
+            ) from None
+        restore_cloexec(tracee, restorer.gadget, cleared)
+        report.moved = result.written
+        report.initialised = result.initialised
+        report.objects = result.objects
+        report.bytes = result.bytes
+        report.pause = time.monotonic() - paused
+        clock.lap("restore")
+        report.outcome = "updated"
+        return report
+    finally:
+        leave(tracee, control)
+
+
+def _roll_back(
+    tracee: Tracee,
+    gadget: int,
+    old: Program,
+    identity: UpdatePlan,
+    snapshot: Snapshot,
+    point: str,
+    signo: int,
+    argv: list[bytes],
+    envp: list[bytes],
+    cleared: list[int],
+    timeout: float,
+) -> None:
+    """Exec v1 again in the same process and restore v1's own snapshot into it."""
+    try:
+        exec_in_place(tracee, gadget, str(old.path), argv, envp)
+        restorer = Restorer(tracee, identity, snapshot, Transformers(), point, signo)
+        restorer.run(timeout)
+        restore_cloexec(tracee, restorer.gadget, cleared)
+    except EkidenError as failure:
+        raise EkidenError(
+            f"the update failed and so did the rollback ({failure}); process {tracee.pid} "
+            "is in an unknown state: restart the service."
+        ) from None

@@ -1,0 +1,287 @@
+"""User transformers: plain Python functions that turn old state into new.
+
+A transformer file (`--xform FILE.py`) registers functions with these decorators:
+
+    from ekiden_trace.xform import field, type_, variable
+
+    @variable("table")                 # the value of v2's tagged `table`
+    def rebuild(old, ctx): ...
+
+    @field("struct table", "nentries") # a v2 field, from the old struct
+    def nentries(old_table, ctx): return old_table.count
+
+    @type_("struct entry")             # a whole old struct -> dict of v2 fields
+    def entry(old_entry, ctx): ...
+
+`old` is a read-only view of the v1 value (see `View`); `ctx` is a `Context`.
+A function returns the new value: an int, float, str or bytes, None (NULL),
+a dict (struct fields by name), a list (array elements), an enumerator name,
+an address in the new process (an int, e.g. from `ctx.call`), a new object
+(`ctx.new`, `ctx.array`, `ctx.string`), or a View of old state to convert
+automatically.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from pathlib import Path
+from typing import Any
+
+from .errors import EkidenError
+from .snapshot import (
+    ArrayValue,
+    CharArray,
+    EnumValue,
+    ObjectRef,
+    Pointer,
+    Snapshot,
+    StructValue,
+    UnionValue,
+    Value,
+)
+
+TransformerFn = Callable[[Any, "Context"], Any]
+
+
+class TransformerError(EkidenError):
+    """A transformer file could not be loaded, or a transformer raised."""
+
+    exit_code = 7
+
+    @classmethod
+    def raised(cls, target: str, exc: BaseException) -> TransformerError:
+        """The error for a transformer that raised, with its traceback."""
+        detail = "".join(traceback.format_exception(exc)).rstrip()
+        return cls(f"the transformer of {target} raised {type(exc).__name__}: {exc}\n{detail}")
+
+
+@dataclass
+class Transformers:
+    """Registered transformers, by variable, by type name, and by (type name, field)."""
+
+    variables: dict[str, TransformerFn] = dataclass_field(default_factory=dict)
+    types: dict[str, TransformerFn] = dataclass_field(default_factory=dict)
+    fields: dict[tuple[str, str], TransformerFn] = dataclass_field(default_factory=dict)
+
+    def for_variable(self, key: str, name: str) -> TransformerFn | None:
+        """The transformer of a variable, registered by its key or plain name."""
+        return self.variables.get(key) or self.variables.get(name)
+
+    def for_type(self, type_name: str) -> TransformerFn | None:
+        return self.types.get(type_name)
+
+    def for_field(self, type_name: str, field_name: str) -> TransformerFn | None:
+        return self.fields.get((type_name, field_name))
+
+
+def run_transformer(fn: TransformerFn, target: str, old: Any, ctx: Context) -> Any:
+    """Call a transformer; anything it raises becomes a TransformerError with its traceback."""
+    try:
+        return fn(old, ctx)
+    except EkidenError:
+        raise
+    except Exception as exc:
+        raise TransformerError.raised(target, exc) from exc
+
+
+_loading: Transformers | None = None
+
+
+def _registrar(register: Callable[[Transformers, TransformerFn], None]) -> Callable:
+    def decorator(fn: TransformerFn) -> TransformerFn:
+        if _loading is None:
+            raise TransformerError("transformer decorators work only in a file given to --xform.")
+        register(_loading, fn)
+        return fn
+
+    return decorator
+
+
+def variable(name: str) -> Callable[[TransformerFn], TransformerFn]:
+    """Register fn(old_value_or_None, ctx) as the producer of v2's tagged variable `name`."""
+    return _registrar(lambda t, fn: t.variables.__setitem__(name, fn))
+
+
+def type_(type_name: str) -> Callable[[TransformerFn], TransformerFn]:
+    """Register fn(old_value, ctx) converting every value of old type `type_name`."""
+    return _registrar(lambda t, fn: t.types.__setitem__(" ".join(type_name.split()), fn))
+
+
+def field(type_name: str, field_name: str) -> Callable[[TransformerFn], TransformerFn]:
+    """Register fn(old_struct, ctx) giving v2's field `field_name` of `type_name`."""
+    key = (" ".join(type_name.split()), field_name)
+    return _registrar(lambda t, fn: t.fields.__setitem__(key, fn))
+
+
+def load_transformers(path: str | None) -> Transformers:
+    """Import a transformer file; TransformerError with its traceback when it fails."""
+    global _loading
+    found = Transformers()
+    if path is None:
+        return found
+    file = Path(path)
+    if not file.is_file():
+        raise TransformerError(f"the transformer file {file} does not exist.")
+    spec = importlib.util.spec_from_file_location(f"ekiden_xform_{file.stem}", file)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    _loading = found
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        detail = "".join(traceback.format_exception(exc)).rstrip()
+        raise TransformerError(
+            f"the transformer file {file} does not import ({type(exc).__name__}: {exc}); "
+            f"fix it and retry.\n{detail}"
+        ) from None
+    finally:
+        _loading = None
+    sys.modules.pop(spec.name, None)
+    return found
+
+
+@dataclass(eq=False)
+class New:
+    """An object a transformer creates in the new process: `count` elements of `type_name`
+    (a v2 type) holding `value` (a dict of fields, a list of elements, or bytes).  New
+    objects are allocated with the new program's malloc, in one batch with the rest."""
+
+    type_name: str
+    value: Any
+    count: int = 1
+
+
+class View:
+    """A read-only view of one old value: struct fields as attributes or items, arrays
+    by index and iteration, pointers followed like C's `->` (`.deref()` explicitly),
+    strings with `str()` or `.text`, enums with `.name`."""
+
+    def __init__(self, value: Value | None, snapshot: Snapshot, type_name: str = "") -> None:
+        self._value = value
+        self._snapshot = snapshot
+        self.type_name = type_name
+
+    @property
+    def raw(self) -> Value | None:
+        """The underlying snapshot value."""
+        return self._value
+
+    def deref(self) -> View | None:
+        """The object a pointer points to (None for NULL or a pointer not followed)."""
+        value = self._value
+        if isinstance(value, Pointer) and isinstance(value.target, ObjectRef):
+            obj = self._snapshot.objects[value.target.object_id]
+            if obj.string is not None:
+                return View(CharArray(obj.string + b"\0"), self._snapshot, obj.type_name)
+            return View(obj.value, self._snapshot, obj.type_name)
+        return None
+
+    def _struct(self) -> StructValue:
+        value = self._value
+        if isinstance(value, Pointer):
+            target = self.deref()
+            value = target._value if target is not None else None
+        if not isinstance(value, StructValue | UnionValue):
+            raise AttributeError(f"{self.type_name or 'this value'} has no fields")
+        return value  # type: ignore[return-value]
+
+    def __getitem__(self, key: str | int) -> Any:
+        if isinstance(key, int):
+            return wrap(self._items()[key], self._snapshot)
+        fields = self._struct()
+        members = fields.fields if isinstance(fields, StructValue) else fields.members
+        return wrap(members[key], self._snapshot)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"{self.type_name} has no field {name}") from None
+
+    def _items(self) -> list[Value]:
+        value = self._value
+        if isinstance(value, Pointer):
+            target = self.deref()
+            value = target._value if target is not None else None
+        if isinstance(value, ArrayValue):
+            return value.items
+        if value is None:
+            return []
+        return [value]
+
+    def __iter__(self) -> Iterator[Any]:
+        return (wrap(item, self._snapshot) for item in self._items())
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+    def __bool__(self) -> bool:
+        value = self._value
+        return not (isinstance(value, Pointer) and value.addr == 0)
+
+    @property
+    def text(self) -> str:
+        """A string's or char array's text."""
+        target = self.deref() if isinstance(self._value, Pointer) else self
+        if target is None or not isinstance(target._value, CharArray):
+            raise TypeError(f"{self.type_name} is not a string")
+        return target._value.text.decode("utf-8", "surrogateescape")
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def wrap(value: Value | None, snapshot: Snapshot) -> Any:
+    """Scalars as Python values (ints, floats, enumerator names); the rest as Views."""
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, EnumValue):
+        return value.name if value.name is not None else value.value
+    return View(value, snapshot)
+
+
+class Context:
+    """What a transformer may use: the whole old state and the new process."""
+
+    def __init__(self, snapshot: Snapshot, backend: Any) -> None:
+        self._snapshot = snapshot
+        self._backend = backend
+
+    def old(self, name: str) -> Any:
+        """Any old tagged variable, by plain name or by key (e.g. 'main:nclients')."""
+        for var in self._snapshot.variables:
+            if name in (var.key, var.name):
+                return wrap(var.value, self._snapshot)
+        raise KeyError(f"v1 has no tagged variable {name}")
+
+    def call(self, function: str, *args: int | str | bytes) -> int:
+        """Call a function of the new program inside the new process; str/bytes become C strings."""
+        return self._backend.call(function, *args)
+
+    def set(self, address: int, type_name: str, field_name: str, value: Any) -> None:
+        """Write one field of a v2 struct at `address` in the new process."""
+        self._backend.set_field(address, " ".join(type_name.split()), field_name, value)
+
+    def function(self, name: str) -> int:
+        """The address of a function of the new program (or name@library)."""
+        return self._backend.function(name)
+
+    def new(self, type_name: str, **fields: Any) -> New:
+        """A new struct of v2's `type_name` on the new heap, fields by name (others zero)."""
+        return New(" ".join(type_name.split()), fields)
+
+    def array(self, type_name: str, items: list[Any]) -> New:
+        """A new heap array of v2's `type_name` elements."""
+        return New(" ".join(type_name.split()), list(items), len(items))
+
+    def string(self, text: str | bytes) -> New:
+        """A new NUL-terminated string on the new heap."""
+        data = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
+        return New("char", data + b"\0", len(data) + 1)
