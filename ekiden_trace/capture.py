@@ -239,7 +239,7 @@ class Capturer:
             signed = info.encoding == "signed"
             value = int.from_bytes(raw, "little", signed=signed)
             name = next((n for n, v in info.enumerators.items() if v == value), None)
-            return EnumValue(name, value)
+            return EnumValue(name, value, self._type_name(sid))
         if info.kind == "pointer":
             pointer = Pointer(int.from_bytes(raw, "little"))
             count = self._hinted_count(hint, siblings)

@@ -30,7 +30,7 @@ from .snapshot import (
     Unfollowed,
     UnionValue,
 )
-from .xform import Context, New, Transformers, View, run_transformer
+from .xform import Context, New, Transformers, View, run_transformer, wrap
 
 CHARS = ("signed_char", "unsigned_char")
 
@@ -163,10 +163,25 @@ class Encoder:
                 self._discover(item, info.target, found, depth + 1)
 
     def _named_type(self, type_name: str) -> int:
-        found = self.new.index.type_by_name(type_name)
+        """A v2 type by its C name, pointers included ('struct entry *')."""
+        base_name = type_name.rstrip("* ")
+        found = self.new.index.type_by_name(base_name)
         if found is None:
-            raise ConversionError(f"v2 has no type {type_name}, which a transformer asked for.")
-        return strip(self.types, found)
+            raise ConversionError(f"v2 has no type {base_name}, which a transformer asked for.")
+        tid = strip(self.types, found)
+        for _ in range(type_name.count("*")):
+            pointer = next(
+                (
+                    t.id
+                    for t in self.types.values()
+                    if t.kind == "pointer" and strip(self.types, t.target) == tid
+                ),
+                None,
+            )
+            if pointer is None:
+                raise ConversionError(f"v2 has no pointer type {type_name}; name its target type.")
+            tid = pointer
+        return tid
 
     def _pointee(self, pointer: TypeInfo, obj: HeapObject) -> int:
         """The new element type of an object reached through a new pointer type."""
@@ -219,9 +234,9 @@ class Encoder:
             value = value.raw
         old_type = getattr(value, "type_name", None)
         transformer = self.transformers.for_type(old_type) if old_type else None
-        if transformer is not None and isinstance(value, StructValue | UnionValue):
-            old_view = View(value, self.snapshot, old_type)
-            value = run_transformer(transformer, old_type, old_view, self.context)
+        if transformer is not None and isinstance(value, StructValue | UnionValue | EnumValue):
+            old_value = wrap(value, self.snapshot)
+            value = run_transformer(transformer, old_type, old_value, self.context)
             if isinstance(value, View):
                 value = value.raw
         kind = info.kind

@@ -175,35 +175,52 @@ def _symbol_problems(old: Program, new: Program) -> list[str]:
     )
 
 
+def _counterparts(old: Program, new: Program) -> dict[str, TaggedVariable]:
+    """v2's tagged variable for each v1 key: by key, and for a file static whose source
+    file was renamed, by name when that name is a single file static in both versions."""
+    new_by_key = {t.key: t for t in new.tags}
+    found = {t.key: new_by_key[t.key] for t in old.tags if t.key in new_by_key}
+
+    def unique_statics(program: Program) -> dict[str, TaggedVariable]:
+        statics = [t for t in program.tags if t.scope == "file_static"]
+        names = [t.name for t in statics]
+        return {t.name: t for t in statics if names.count(t.name) == 1}
+
+    old_statics, new_statics = unique_statics(old), unique_statics(new)
+    taken = {t.key for t in found.values()}
+    for name, tag in old_statics.items():
+        target = new_statics.get(name)
+        if tag.key not in found and target is not None and target.key not in taken:
+            found[tag.key] = target
+    return found
+
+
 def plan_update(old: Program, new: Program, transformers: Transformers) -> UpdatePlan:
     """Map every tagged variable of old onto new; nothing here touches a process."""
     matcher = TypeMatcher(old, new, transformers)
-    new_by_key = {t.key: t for t in new.tags}
+    counterparts = _counterparts(old, new)
+    unmatched = {t.key: t for t in new.tags if t not in counterparts.values()}
     variables: list[VariablePlan] = []
     for tag in old.tags:
-        target = new_by_key.pop(tag.key, None)
-        produced = transformers.for_variable(tag.key, tag.name)
+        target = counterparts.get(tag.key)
+        key = target.key if target is not None else tag.key
+        produced = transformers.for_variable(key, tag.name)
         if produced is not None:
-            variables.append(VariablePlan(tag.key, tag.name, tag, target, "transformer"))
+            variables.append(VariablePlan(key, tag.name, tag, target, "transformer"))
             continue
         if target is None:
             variables.append(
                 VariablePlan(
-                    tag.key,
-                    tag.name,
-                    tag,
-                    None,
-                    "dropped",
-                    notes=["v2 has no such tagged variable"],
+                    key, tag.name, tag, None, "dropped", notes=["v2 has no such tagged variable"]
                 )
             )
             continue
-        plan = VariablePlan(tag.key, tag.name, tag, target, "transfer")
+        plan = VariablePlan(key, tag.name, tag, target, "transfer")
         plan.problems = matcher.problems(tag.variable.type, target.variable.type, tag.name)
         if tag.c_type != target.c_type:
             plan.notes.append(f"{tag.c_type} -> {target.c_type}")
         variables.append(plan)
-    for tag in new_by_key.values():
+    for tag in unmatched.values():
         produced = transformers.for_variable(tag.key, tag.name)
         action = "transformer" if produced is not None else "initialised by v2"
         variables.append(VariablePlan(tag.key, tag.name, None, tag, action))
@@ -249,8 +266,10 @@ def check_snapshot(plan: UpdatePlan, snapshot: Snapshot) -> list[str]:
             elif isinstance(item, ArrayValue):
                 stack += [(v, f"{where}[{i}]") for i, v in enumerate(item.items)]
 
+    transferred = {
+        v.old.key for v in plan.variables if v.old is not None and v.action == "transfer"
+    }
     for var in snapshot.variables:
-        var_plan = plan.for_key(var.key)
-        if var_plan is not None and var_plan.action == "transfer":
+        if var.key in transferred:
             visit(var.value, var.name)
     return problems[:20]

@@ -19,7 +19,8 @@ from typing import Any
 
 from .control import KIND_POINT, KIND_TAG, ControlBlock
 from .encode import ConversionError, Encoder
-from .errors import EkidenError
+from .errors import EkidenError, WaitTimeout
+from .faults import fault_point
 from .inject import find_function, find_syscall_gadget, remote_call
 from .plan import UpdatePlan
 from .process import Tracee, read_maps
@@ -163,10 +164,15 @@ class Restorer:
         )
         self.backend.encoder = self.encoder
         self._old_values = {v.key: v for v in snapshot.variables}
+        # Variables that must be written before the first update point: those with a
+        # captured value (a local of a function that was not active has none) and those
+        # a transformer produces.
+        captured = {key for key, v in self._old_values.items() if v.value is not None}
         self._pending = {
             v.key
             for v in plan.variables
-            if v.new is not None and v.action in ("transfer", "transformer")
+            if v.new is not None
+            and (v.action == "transformer" or (v.action == "transfer" and v.old.key in captured))
         }
 
     def run(self, timeout: float) -> RestoreResult:
@@ -179,12 +185,13 @@ class Restorer:
         deadline = started + timeout
         self.tracee.syscall()
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            try:
+                stop = self.tracee.wait_stop(max(deadline - time.monotonic(), 0))
+            except WaitTimeout:
+                self._halt()
                 raise RestoreFailed(
                     f"the new version did not reach an update point within {timeout:g} s."
-                )
-            stop = self.tracee.wait_stop(remaining)
+                ) from None
             if stop.kind in ("exited", "killed"):
                 raise EkidenError(f"process {self.tracee.pid} died during the restore ({stop}).")
             if stop.kind == "syscall":
@@ -218,12 +225,23 @@ class Restorer:
         result.seconds = time.monotonic() - started
         return result
 
+    def _halt(self) -> None:
+        """Stop the running new version where it is, so it can be rolled back."""
+        self.tracee.interrupt()
+        while self.tracee.wait_stop(5.0).kind not in ("interrupt", "signal", "group", "syscall"):
+            self.tracee.syscall()
+
     def _check_exit(self) -> None:
+        """At the entry of exit/exit_group: cancel the call (the process must survive to be
+        rolled back), step to its exit stop, and fail the restore."""
         regs = self.tracee.regs()
         if regs.orig_rax in EXIT_SYSCALLS and regs.rax == (ENOSYS & (1 << 64) - 1):
-            raise RestoreFailed(
-                f"the new version called exit({regs.rdi & 0xFF}) during its start-up."
-            )
+            status = regs.rdi & 0xFF
+            regs.orig_rax = (1 << 64) - 1
+            self.tracee.set_regs(regs)
+            self.tracee.syscall()
+            self.tracee.wait_stop(5.0)
+            raise RestoreFailed(f"the new version called exit({status}) during its start-up.")
 
     def _tag_for(self, name: str, addr: int) -> TaggedVariable | None:
         candidates = [t for t in self.new.tags if t.name == name]
@@ -244,7 +262,7 @@ class Restorer:
                 result.initialised.append(tag.key)
             return
         if tag.key not in self._pending:
-            return  # already written once (a tag reached twice answers true the second time)
+            return  # written already, or nothing was captured for it: v2 initialises it
         old = self._old_values.get(plan.old.key) if plan.old is not None else None
         if plan.action == "transformer":
             produce = self.transformers.for_variable(tag.key, tag.name)
@@ -259,6 +277,7 @@ class Restorer:
             if old is None or old.value is None:
                 return
             value = old.value
+        fault_point("restore-write")
         static = tag.variable.location["kind"] == "addr"
         buf = bytearray(self.tracee.read(addr, size) if static else bytes(size))
         self.encoder.materialise([(value, tag.variable.type)])

@@ -17,6 +17,7 @@ class EnumValue:
 
     name: str | None
     value: int
+    type_name: str = ""
 
 
 @dataclass

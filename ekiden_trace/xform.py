@@ -56,7 +56,7 @@ class TransformerError(EkidenError):
     @classmethod
     def raised(cls, target: str, exc: BaseException) -> TransformerError:
         """The error for a transformer that raised, with its traceback."""
-        detail = "".join(traceback.format_exception(exc)).rstrip()
+        detail = _user_traceback(exc)
         return cls(f"the transformer of {target} raised {type(exc).__name__}: {exc}\n{detail}")
 
 
@@ -77,6 +77,20 @@ class Transformers:
 
     def for_field(self, type_name: str, field_name: str) -> TransformerFn | None:
         return self.fields.get((type_name, field_name))
+
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback of an exception, without the frames of ekiden-trace or importlib."""
+    frames = [
+        f
+        for f in traceback.extract_tb(exc.__traceback__)
+        if not f.filename.startswith("<") and _PACKAGE not in Path(f.filename).resolve().parents
+    ]
+    lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames)]
+    return "".join(lines + traceback.format_exception_only(exc)).rstrip()
 
 
 def run_transformer(fn: TransformerFn, target: str, old: Any, ctx: Context) -> Any:
@@ -134,7 +148,7 @@ def load_transformers(path: str | None) -> Transformers:
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
-        detail = "".join(traceback.format_exception(exc)).rstrip()
+        detail = _user_traceback(exc)
         raise TransformerError(
             f"the transformer file {file} does not import ({type(exc).__name__}: {exc}); "
             f"fix it and retry.\n{detail}"
@@ -244,7 +258,7 @@ def wrap(value: Value | None, snapshot: Snapshot) -> Any:
         return value
     if isinstance(value, EnumValue):
         return value.name if value.name is not None else value.value
-    return View(value, snapshot)
+    return View(value, snapshot, getattr(value, "type_name", ""))
 
 
 class Context:

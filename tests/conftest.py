@@ -14,14 +14,17 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_tool(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run `ekiden-trace ARGS` as a user would, capturing its output."""
+def run_tool(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `ekiden-trace ARGS` as a user would (with extra environment), capturing its output."""
     return subprocess.run(
         [sys.executable, "-m", "ekiden_trace", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=REPO,
+        env={**os.environ, **(env or {})},
     )
 
 
