@@ -120,9 +120,8 @@ def update(pid: int, options: UpdateOptions) -> UpdateReport:
     old, new, plan, transformers = prepare(pid, options)
     report.dropped = [v.key for v in plan.variables if v.action == "dropped"]
     report.notes = [f"{t}: {n}" for t, notes in plan.type_notes.items() for n in notes]
-    argv = [a.encode() for a in options.args] if options.args is not None else read_cmdline(pid)
-    if options.args is not None:
-        argv.insert(0, read_cmdline(pid)[0])
+    old_argv = read_cmdline(pid)
+    argv = old_argv if options.args is None else [old_argv[0], *(a.encode() for a in options.args)]
     envp = read_environ(pid)
     live = LiveProcess(pid, old)
     identity = plan_update(old, old, Transformers())
@@ -168,7 +167,7 @@ def update(pid: int, options: UpdateOptions) -> UpdateReport:
                 snapshot,
                 report.point,
                 signo,
-                argv,
+                old_argv,
                 envp,
                 cleared,
                 options.timeout,

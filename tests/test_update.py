@@ -24,10 +24,25 @@ def attach(pid: int, new: Path, *extra: str) -> dict:
     return report
 
 
-def fd_table(pid: int) -> dict[str, str]:
-    """fd number -> what it refers to, for a leak check."""
+def fd_table(pid: int) -> dict[str, tuple[str, str]]:
+    """fd number -> (what it refers to, its open flags), for leak and FD_CLOEXEC checks."""
     fd_dir = Path(f"/proc/{pid}/fd")
-    return {fd: os.readlink(fd_dir / fd) for fd in os.listdir(fd_dir)}
+    table = {}
+    for fd in os.listdir(fd_dir):
+        info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+        flags = next(line.split()[1] for line in info.splitlines() if line.startswith("flags:"))
+        table[fd] = (os.readlink(fd_dir / fd), flags)
+    return table
+
+
+def process_context(pid: int) -> tuple[bytes, bytes, str]:
+    """argv, environment and cwd of a process, which an update must keep."""
+    proc = Path(f"/proc/{pid}")
+    return (
+        (proc / "cmdline").read_bytes(),
+        (proc / "environ").read_bytes(),
+        os.readlink(proc / "cwd"),
+    )
 
 
 def test_counter_v1_to_v2_keeps_both_clients() -> None:
@@ -61,6 +76,7 @@ def test_kvstore_v1_to_v2_to_v3_with_10000_keys() -> None:
         assert set(loader.pipeline([f"SET {k} {v}" for k, v in keys.items()])) == {"OK"}
         loader.mode("readonly")
         fds = fd_table(server.pid)
+        context = process_context(server.pid)
 
         attach(
             server.pid, fixture_binary("kvstore", "v2"), "--xform", str(XFORMS / "xform_v1_v2.py")
@@ -84,6 +100,8 @@ def test_kvstore_v1_to_v2_to_v3_with_10000_keys() -> None:
         assert loader.hits("key7") == 3  # carried onto the rehashed entry, +1 read back
         assert loader.count() == len(keys)
         assert fd_table(server.pid) == fds
+        assert process_context(server.pid) == context
+        assert os.path.realpath(f"/proc/{server.pid}/exe") == str(fixture_binary("kvstore", "v3"))
         assert server.alive()
 
 
@@ -99,6 +117,28 @@ def test_kvstore_v3_to_v1_downgrade() -> None:
         assert client.count() == len(keys)
         client.set("fresh", "key")  # v1's own insert works on the rebuilt table
         assert client.get("fresh") == "key"
+
+
+def test_args_replace_the_old_argv() -> None:
+    with start_server(fixture_binary("counter", "v1")) as server:
+        new = fixture_binary("counter", "v2")
+        # The port argument is only read when listen_fd is not carried over.
+        attach(server.pid, new, "--args", "0")
+        argv = Path(f"/proc/{server.pid}/cmdline").read_bytes().split(b"\0")[:-1]
+        assert argv[1:] == [b"0"]
+        with CounterClient(server.port) as client:
+            assert client.send("hi") == "v2 #1 echo: hi"
+
+
+def test_rollback_restores_the_old_argv() -> None:
+    with start_server(fixture_binary("counter", "v1")) as server, CounterClient(server.port) as c:
+        assert c.send("one") == "v1 #1 echo: one"
+        before = Path(f"/proc/{server.pid}/cmdline").read_bytes()
+        new = str(fixture_binary("counter", "v2"))
+        result = run_tool("attach", str(server.pid), "--new", new, "--args", "too", "many")
+        assert result.returncode == 11 and "called exit(2)" in result.stderr, result.stderr
+        assert Path(f"/proc/{server.pid}/cmdline").read_bytes() == before
+        assert c.send("two") == "v1 #1 echo: two"
 
 
 def test_report_text_lists_phases_and_pause() -> None:
