@@ -135,6 +135,21 @@ class TypeMatcher:
             self._note(old_name, f"{change} to {new_name}")
         return []
 
+    def _note_field_type(self, type_name: str, name: str, old_tid: int, new_tid: int) -> None:
+        old, new = c_name(self.old_types, old_tid), c_name(self.new_types, new_tid)
+        if old == new:
+            return
+        old_size = get(self.old_types, strip(self.old_types, old_tid)).size or 0
+        new_size = get(self.new_types, strip(self.new_types, new_tid)).size or 0
+        how = (
+            "narrowed, checked per value"
+            if new_size < old_size
+            else "widened"
+            if new_size > old_size
+            else "changed"
+        )
+        self._note(type_name, f"field {name}: {old} -> {new} ({how})")
+
     def _compare_pointer(self, old: TypeInfo, new: TypeInfo) -> list[str]:
         old_to = get(self.old_types, strip(self.old_types, old.target))
         new_to = get(self.new_types, strip(self.new_types, new.target))
@@ -155,6 +170,7 @@ class TypeMatcher:
                 self._note(type_name, f"field {name} removed (dropped)")
                 continue
             found += self.problems(member.type, new_fields[name].type, f".{name}")
+            self._note_field_type(type_name, name, member.type, new_fields[name].type)
         for name in new_fields:
             if name in old_fields:
                 continue

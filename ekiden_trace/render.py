@@ -336,7 +336,7 @@ def plan_text(plan: UpdatePlan) -> str:
     lines = [f"{plan.old.path} -> {plan.new.path}", "", "tagged variables:"]
     for v in plan.variables:
         types = f"{v.old.c_type if v.old else '-'} -> {v.new.c_type if v.new else '-'}"
-        lines.append(f"  {v.key:<28} {v.action:<18} {types}")
+        lines.append(f"  {v.key:<34} {v.action:<18} {types}")
         lines += [f"      ! {p}" for p in v.problems]
     if plan.type_notes:
         lines += ["", "types:"]

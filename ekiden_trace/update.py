@@ -20,6 +20,7 @@ from .errors import BinaryError, EkidenError
 from .inject import (
     clear_cloexec,
     exec_in_place,
+    find_function,
     find_syscall_gadget,
     open_fds,
     read_cmdline,
@@ -125,6 +126,9 @@ def update(pid: int, options: UpdateOptions) -> UpdateReport:
     envp = read_environ(pid)
     live = LiveProcess(pid, old)
     identity = plan_update(old, old, Transformers())
+    # The new version loads the same libc: resolving malloc now parses its symbols
+    # (cached by file) before the pause instead of during the restore.
+    find_function(pid, "malloc")
     clock.lap("plan")
     tracee = Tracee.seize(pid)
     control: ControlBlock | None = ControlBlock(tracee, old.marks.control + live.bias)

@@ -26,7 +26,7 @@ def test_kvstore_v1_v2_shows_every_change() -> None:
         "struct table: field nentries added (keeps v2's initial value)",
         "struct entry: field hits added",
         "struct server_config: field histogram removed (dropped)",
-        "int: widened to long",
+        "struct limits: field max_value_len: int -> long (widened)",
         "the update can be done",
     ):
         assert expected in out, expected
