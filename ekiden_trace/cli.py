@@ -6,10 +6,19 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from .errors import EkidenError
 
 USAGE_ERROR = 64
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, exiting with USAGE_ERROR (not 2, which means an unusable binary here)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message}\n")
 
 
 def _include_dir() -> Path:
@@ -91,7 +100,7 @@ def _cmd_attach(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ekiden-trace",
         description="Update a running C program to its next version by state transfer.",
     )
