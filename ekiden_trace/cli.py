@@ -6,11 +6,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from .errors import EkidenError
 
 USAGE_ERROR = 64
+PARTIAL_FAILURE = 12
+
+if TYPE_CHECKING:
+    from .update import TreeOutcome, UpdateReport
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,27 +79,43 @@ def _cmd_diff(args: argparse.Namespace) -> int:
 
 
 def _cmd_attach(args: argparse.Namespace) -> int:
-    from .render import report_json, report_text
-    from .update import RolledBack, UpdateOptions, update
+    from .update import RolledBack, UpdateOptions, update, update_tree
 
     options = UpdateOptions(
         new=args.new, args=args.args, point=args.point, xform=args.xform, timeout=args.timeout
     )
+    if args.tree:
+        return _print_tree(update_tree(args.pid, options), args.json)
     try:
         report = update(args.pid, options)
     except RolledBack as failure:
-        report = failure.report
         print(f"ekiden-trace: {failure}", file=sys.stderr)
-        print(
-            json.dumps(report_json(report), indent=2) if args.json else report_text(report),
-            end="" if not args.json else "\n",
-        )
+        _print_report(failure.report, args.json)
         return failure.exit_code
-    if args.json:
+    _print_report(report, args.json)
+    return 0
+
+
+def _print_report(report: UpdateReport, as_json: bool) -> None:
+    from .render import report_json, report_text
+
+    if as_json:
         print(json.dumps(report_json(report), indent=2))
     else:
         sys.stdout.write(report_text(report))
-    return 0
+
+
+def _print_tree(outcomes: list[TreeOutcome], as_json: bool) -> int:
+    from .render import tree_json, tree_text
+
+    if as_json:
+        print(json.dumps(tree_json(outcomes), indent=2))
+    else:
+        sys.stdout.write(tree_text(outcomes))
+    failed = [o for o in outcomes if o.error is not None]
+    for outcome in failed:
+        print(f"ekiden-trace: process {outcome.pid}: {outcome.error}", file=sys.stderr)
+    return PARTIAL_FAILURE if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=10.0,
         help="seconds to wait for each update point (default 10)",
+    )
+    attach.add_argument(
+        "--tree", action="store_true", help="also update every descendant running the same binary"
     )
     attach.add_argument("--json", action="store_true", help="print the report as JSON")
     attach.set_defaults(run=_cmd_attach)

@@ -30,12 +30,13 @@ from .snapshot import (
 
 if TYPE_CHECKING:
     from .plan import UpdatePlan
-    from .update import UpdateReport
+    from .update import TreeOutcome, UpdateReport
 
 INSPECT_FORMAT = "ekiden-trace/inspect/1"
 POINTS_FORMAT = "ekiden-trace/points/1"
 DIFF_FORMAT = "ekiden-trace/diff/1"
 REPORT_FORMAT = "ekiden-trace/update/1"
+TREE_FORMAT = "ekiden-trace/update-tree/1"
 LINE_WIDTH = 100
 SPARSE_ARRAY = 8
 
@@ -369,4 +370,38 @@ def report_text(report: UpdateReport) -> str:
     if report.dropped:
         lines.append(f"dropped (the new version has no such tag): {', '.join(report.dropped)}")
     lines += [f"note: {n}" for n in report.notes]
+    return "\n".join(lines) + "\n"
+
+
+def tree_json(outcomes: list[TreeOutcome]) -> dict[str, Any]:
+    """The outcome of a --tree update, one entry per process."""
+    return {
+        "format": TREE_FORMAT,
+        "processes": [
+            {
+                "pid": o.pid,
+                "outcome": o.report.outcome if o.report else "failed",
+                "error": str(o.error) if o.error else None,
+                "report": report_json(o.report) if o.report else None,
+            }
+            for o in outcomes
+        ],
+    }
+
+
+def tree_text(outcomes: list[TreeOutcome]) -> str:
+    """One line per process of a --tree update."""
+    lines = []
+    for o in outcomes:
+        if o.error is None and o.report is not None:
+            r = o.report
+            lines.append(
+                f"process {o.pid}: updated at {r.point}, pause {r.pause * 1000:.1f} ms, "
+                f"{len(r.moved)} variables, {r.objects} objects, {r.bytes} bytes"
+            )
+        else:
+            state = o.report.outcome if o.report else "not updated, still running its old version"
+            lines.append(f"process {o.pid}: {state}: {o.error}")
+    updated = sum(o.error is None for o in outcomes)
+    lines.append(f"{updated} of {len(outcomes)} processes updated")
     return "\n".join(lines) + "\n"

@@ -14,9 +14,10 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .control import ControlBlock, choose_stop_signal
-from .errors import BinaryError, EkidenError
+from .errors import BinaryError, EkidenError, TargetError
 from .inject import (
     clear_cloexec,
     exec_in_place,
@@ -96,7 +97,18 @@ class _Clock:
         return now
 
 
-def prepare(pid: int, options: UpdateOptions) -> tuple[Program, Program, UpdatePlan, Transformers]:
+@dataclass(frozen=True)
+class Prepared:
+    """Everything an update needs that does not depend on one process: made once."""
+
+    old: Program
+    new: Program
+    plan: UpdatePlan
+    identity: UpdatePlan  # v1 -> v1, for the rollback
+    transformers: Transformers
+
+
+def prepare(pid: int, options: UpdateOptions) -> Prepared:
     """Read both binaries and plan; raises before anything touches the process."""
     old = program_of(pid)
     new = Program(options.new)
@@ -111,21 +123,56 @@ def prepare(pid: int, options: UpdateOptions) -> tuple[Program, Program, UpdateP
             f"v1's state cannot be mapped onto {new.path} without transformers: {listed}. "
             "Run `ekiden-trace diff` for the full report."
         )
-    return old, new, plan, transformers
+    return Prepared(old, new, plan, plan_update(old, old, Transformers()), transformers)
 
 
-def update(pid: int, options: UpdateOptions) -> UpdateReport:
+def check_reachable(pid: int, new: Program) -> None:
+    """TargetError unless the process could exec `new` itself: the same file (and its
+    interpreter) seen from the process's root, executable with its credentials."""
+    root = f"/proc/{pid}/root"
+    for path in filter(None, (str(new.path.resolve()), new.elf.interpreter)):
+        try:
+            same = os.path.samefile(root + path, path)
+        except OSError:
+            same = False
+        if not same:
+            raise TargetError(
+                f"process {pid} cannot see {path} from its root directory (is it chrooted?); "
+                "it could not exec the new version, so it is left as it is."
+            )
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    ids = {line.split(":")[0]: line.split()[2] for line in status if line[:4] in ("Uid:", "Gid:")}
+    info = new.path.stat()
+    uid, gid = int(ids["Uid"]), int(ids["Gid"])
+    if uid == 0:
+        allowed = bool(info.st_mode & 0o111)
+    elif uid == info.st_uid:
+        allowed = bool(info.st_mode & 0o100)
+    elif gid == info.st_gid:
+        allowed = bool(info.st_mode & 0o010)
+    else:
+        allowed = bool(info.st_mode & 0o001)
+    if not allowed:
+        raise TargetError(
+            f"process {pid} runs as uid {uid}, which may not execute {new.path}; "
+            "fix the file's permissions."
+        )
+
+
+def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -> UpdateReport:
     """Update process `pid` to options.new; raises with the process running v1 on failure."""
     report = UpdateReport(pid, os.path.realpath(f"/proc/{pid}/exe"), options.new)
     clock = _Clock(report)
-    old, new, plan, transformers = prepare(pid, options)
+    prepared = prepared or prepare(pid, options)
+    old, new, plan = prepared.old, prepared.new, prepared.plan
+    identity, transformers = prepared.identity, prepared.transformers
+    check_reachable(pid, new)
     report.dropped = [v.key for v in plan.variables if v.action == "dropped"]
     report.notes = [f"{t}: {n}" for t, notes in plan.type_notes.items() for n in notes]
     old_argv = read_cmdline(pid)
     argv = old_argv if options.args is None else [old_argv[0], *(a.encode() for a in options.args)]
     envp = read_environ(pid)
     live = LiveProcess(pid, old)
-    identity = plan_update(old, old, Transformers())
     # The new version loads the same libc: resolving malloc now parses its symbols
     # (cached by file) before the pause instead of during the restore.
     find_function(pid, "malloc")
@@ -217,3 +264,53 @@ def _roll_back(
             f"the update failed and so did the rollback ({failure}); process {tracee.pid} "
             "is in an unknown state: restart the service."
         ) from None
+
+
+def tree_of(pid: int) -> list[int]:
+    """pid and its descendants that run the same executable, deepest first."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    exe = os.path.realpath(f"/proc/{pid}/exe")
+    order: list[int] = []
+
+    def visit(current: int) -> None:
+        for child in children.get(current, []):
+            visit(child)
+        if current == pid or os.path.realpath(f"/proc/{current}/exe") == exe:
+            order.append(current)
+
+    visit(pid)
+    return order
+
+
+@dataclass
+class TreeOutcome:
+    """What happened to one process of a tree: its report, or the error that stopped it."""
+
+    pid: int
+    report: UpdateReport | None
+    error: EkidenError | None
+
+
+def update_tree(pid: int, options: UpdateOptions) -> list[TreeOutcome]:
+    """Update a process and every descendant running the same binary, each at its own
+    update point; sessions first, the parent last.  The ones updated stay updated; a
+    failed one keeps running its old version."""
+    prepared = prepare(pid, options)
+    outcomes = []
+    for member in tree_of(pid):
+        try:
+            outcomes.append(TreeOutcome(member, update(member, options, prepared), None))
+        except RolledBack as failure:
+            outcomes.append(TreeOutcome(member, failure.report, failure))
+        except EkidenError as failure:
+            outcomes.append(TreeOutcome(member, None, failure))
+    return outcomes
