@@ -23,10 +23,10 @@ from ekiden_trace.dwarf.expr import (
     ValueLocation,
     ValueUnknown,
     evaluate,
-    read_sleb128,
-    read_uleb128,
     regs_to_dwarf,
 )
+from ekiden_trace.dwarf.leb128 import sleb as read_sleb128
+from ekiden_trace.dwarf.leb128 import uleb as read_uleb128
 
 MASK = (1 << 64) - 1
 

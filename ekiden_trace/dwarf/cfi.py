@@ -28,7 +28,7 @@ from typing import Any
 
 from elftools.elf.elffile import ELFFile
 
-from ekiden_trace.dwarf.expr import read_sleb128, read_uleb128
+from ekiden_trace.dwarf.leb128 import sleb, uleb
 
 __all__ = ["CallFrameTable", "CfaRule", "CfiError", "CfiRow", "RegRule", "RuleKind"]
 
@@ -142,12 +142,12 @@ class _Reader:
         if fmt == 0x00:  # absptr
             value, pos = self.u(pos, 8), pos + 8
         elif fmt == 0x01:
-            value, pos = read_uleb128(self.data, pos)
+            value, pos = uleb(self.data, pos)
         elif fmt in (0x02, 0x03, 0x04):
             size = 1 << (fmt - 1)
             value, pos = self.u(pos, size), pos + size
         elif fmt == 0x09:
-            value, pos = read_sleb128(self.data, pos)
+            value, pos = sleb(self.data, pos)
         elif fmt in (0x0A, 0x0B, 0x0C):
             size = 1 << (fmt - 9)
             value, pos = self.u(pos, size), pos + size
@@ -315,18 +315,18 @@ def _parse_cie(reader: _Reader, offset: int) -> _Cie:
     if not reader.is_eh and version >= 4:
         address_size = data[pos]
         pos += 2  # address_size, segment_selector_size
-    code_align, pos = read_uleb128(data, pos)
-    data_align, pos = read_sleb128(data, pos)
+    code_align, pos = uleb(data, pos)
+    data_align, pos = sleb(data, pos)
     if version == 1:
         ra_regno = data[pos]
         pos += 1
     else:
-        ra_regno, pos = read_uleb128(data, pos)
+        ra_regno, pos = uleb(data, pos)
     fde_encoding = 0x00 if reader.is_eh else {8: 0x04, 4: 0x03}.get(address_size, 0x04)
     is_signal = False
     has_z = augmentation.startswith("z")
     if has_z:
-        aug_len, pos = read_uleb128(data, pos)
+        aug_len, pos = uleb(data, pos)
         aug_data_end = pos + aug_len
         for char in augmentation[1:]:
             if char == "R":
@@ -354,7 +354,7 @@ def _parse_fde(reader: _Reader, cie: _Cie, pos: int, end: int) -> _Fde | None:
     if size == 0:
         return None
     if cie.has_z:
-        aug_len, pos = read_uleb128(reader.data, pos)
+        aug_len, pos = uleb(reader.data, pos)
         pos += aug_len
     rows = _run_program(reader, cie, begin, pos, end)
     return [begin, begin + size, cie.ra_regno, int(cie.is_signal), ";".join(rows)]
@@ -427,7 +427,7 @@ def _execute(
         if high == 0x40:  # advance_loc
             advance = low * code_align
         elif high == 0x80:  # offset
-            off, pos = read_uleb128(program, pos)
+            off, pos = uleb(program, pos)
             state.regs[low] = f"{low}o{off * data_align}"
         elif high == 0xC0:  # restore
             _restore(state, initial, low)
@@ -448,24 +448,24 @@ def _execute(
         elif op in (0x05, 0x11, 0x14, 0x15, 0x2F):
             # offset_extended, offset_extended_sf, val_offset, val_offset_sf,
             # GNU_negative_offset_extended
-            regno, pos = read_uleb128(program, pos)
+            regno, pos = uleb(program, pos)
             if op in (0x11, 0x15):
-                off, pos = read_sleb128(program, pos)
+                off, pos = sleb(program, pos)
             else:
-                off, pos = read_uleb128(program, pos)
+                off, pos = uleb(program, pos)
             if op == 0x2F:
                 off = -off
             code = "v" if op in (0x14, 0x15) else "o"
             state.regs[regno] = f"{regno}{code}{off * data_align}"
         elif op == 0x06:  # restore_extended
-            regno, pos = read_uleb128(program, pos)
+            regno, pos = uleb(program, pos)
             _restore(state, initial, regno)
         elif op in (0x07, 0x08):  # undefined, same_value
-            regno, pos = read_uleb128(program, pos)
+            regno, pos = uleb(program, pos)
             state.regs[regno] = f"{regno}{'u' if op == 0x07 else 's'}"
         elif op == 0x09:  # register
-            regno, pos = read_uleb128(program, pos)
-            other, pos = read_uleb128(program, pos)
+            regno, pos = uleb(program, pos)
+            other, pos = uleb(program, pos)
             state.regs[regno] = f"{regno}r{other}"
         elif op == 0x0A:  # remember_state
             stack.append(state.copy())
@@ -475,35 +475,35 @@ def _execute(
             saved = stack.pop()
             state.cfa, state.regs = saved.cfa, saved.regs
         elif op in (0x0C, 0x12):  # def_cfa, def_cfa_sf
-            regno, pos = read_uleb128(program, pos)
+            regno, pos = uleb(program, pos)
             if op == 0x0C:
-                off, pos = read_uleb128(program, pos)
+                off, pos = uleb(program, pos)
             else:
-                off, pos = read_sleb128(program, pos)
+                off, pos = sleb(program, pos)
                 off *= data_align
             state.cfa = (regno, off)
         elif op == 0x0D:  # def_cfa_register
-            regno, pos = read_uleb128(program, pos)
+            regno, pos = uleb(program, pos)
             state.cfa = (regno, _cfa_offset(state))
         elif op in (0x0E, 0x13):  # def_cfa_offset, def_cfa_offset_sf
             if op == 0x0E:
-                off, pos = read_uleb128(program, pos)
+                off, pos = uleb(program, pos)
             else:
-                off, pos = read_sleb128(program, pos)
+                off, pos = sleb(program, pos)
                 off *= data_align
             state.cfa = (_cfa_register(state), off)
         elif op == 0x0F:  # def_cfa_expression
-            size, pos = read_uleb128(program, pos)
+            size, pos = uleb(program, pos)
             state.cfa = "x" + program[pos : pos + size].hex()
             pos += size
         elif op in (0x10, 0x16):  # expression, val_expression
-            regno, pos = read_uleb128(program, pos)
-            size, pos = read_uleb128(program, pos)
+            regno, pos = uleb(program, pos)
+            size, pos = uleb(program, pos)
             code = "e" if op == 0x10 else "E"
             state.regs[regno] = f"{regno}{code}{program[pos : pos + size].hex()}"
             pos += size
         elif op == 0x2E:  # GNU_args_size: only matters to exception handling
-            _, pos = read_uleb128(program, pos)
+            _, pos = uleb(program, pos)
         else:
             raise CfiError(f"unknown CFA instruction 0x{op:02x}")
         if advance:

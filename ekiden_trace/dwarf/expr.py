@@ -16,6 +16,8 @@ import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from .leb128 import sleb, uleb
+
 __all__ = [
     "DWARF_REGS",
     "DWARF_REG_NAMES",
@@ -31,9 +33,9 @@ __all__ = [
     "ValueLocation",
     "ValueUnknown",
     "evaluate",
-    "read_sleb128",
-    "read_uleb128",
     "regs_to_dwarf",
+    "sleb",
+    "uleb",
 ]
 
 MASK64 = (1 << 64) - 1
@@ -158,34 +160,6 @@ class ExprContext:
         except KeyError:
             name = DWARF_REG_NAMES.get(regno, str(regno))
             raise ValueUnknown(f"register {name} is not recoverable in this frame") from None
-
-
-def read_uleb128(data: bytes, pos: int) -> tuple[int, int]:
-    """Decode an unsigned LEB128 at `pos`; return ``(value, next position)``."""
-    result = 0
-    shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return result, pos
-
-
-def read_sleb128(data: bytes, pos: int) -> tuple[int, int]:
-    """Decode a signed LEB128 at `pos`; return ``(value, next position)``."""
-    result = 0
-    shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            if byte & 0x40:
-                result -= 1 << shift
-            return result, pos
 
 
 def regs_to_dwarf(user_regs: object) -> dict[int, int]:
@@ -448,13 +422,13 @@ class _Machine:
 
     def uleb(self, pos: int) -> tuple[int, int]:
         try:
-            return read_uleb128(self.expr, pos)
+            return uleb(self.expr, pos)
         except IndexError:
             raise ExprError("DWARF expression ends inside an operation") from None
 
     def sleb(self, pos: int) -> tuple[int, int]:
         try:
-            return read_sleb128(self.expr, pos)
+            return sleb(self.expr, pos)
         except IndexError:
             raise ExprError("DWARF expression ends inside an operation") from None
 

@@ -11,38 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .leb128 import sleb, uleb
+
 MAX_ADDR = (1 << 64) - 1
 
 AddrIndex = Callable[[int], int]
 """Maps a .debug_addr index (DW_FORM_addrx, DW_LLE_startx_*, ...) to an address."""
-
-
-def uleb(data: bytes, pos: int) -> tuple[int, int]:
-    """Decode an unsigned LEB128 at pos; return (value, next position)."""
-    result = 0
-    shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-
-
-def sleb(data: bytes, pos: int) -> tuple[int, int]:
-    """Decode a signed LEB128 at pos; return (value, next position)."""
-    result = 0
-    shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            if byte & 0x40:
-                result -= 1 << shift
-            return result, pos
 
 
 def uint(data: bytes, pos: int, size: int) -> int:
