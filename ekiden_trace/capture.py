@@ -50,6 +50,7 @@ MAX_OBJECTS = 5_000_000
 MAX_BYTES = 2 << 30
 MAX_STRING = 1 << 20
 CHAR_ENCODINGS = ("signed_char", "unsigned_char")
+CHAR_TYPE = -2  # the element type of a hinted buffer: plain bytes, whatever the pointer's type
 
 
 class CaptureLimit(EkidenError):
@@ -405,15 +406,18 @@ class Capturer:
             obj, offset = existing
             pointer.target = ObjectRef(obj.id, offset)
             return None
+        if hint is not None and hint.kind == "buffer":
+            data = self._read(addr, item.count or 0)
+            obj = self._new_object(addr, CHAR_TYPE, len(data), max(len(data), 1))
+            obj.string, obj.is_buffer = data, True
+            pointer.target = ObjectRef(obj.id)
+            return None
         if pinfo is None or pinfo.kind == "void":
             pointer.target = Unfollowed("untyped")
             return None
-        if is_char and (hint is None or hint.kind == "buffer"):
-            if hint is None:
-                text = self.tracee.read_cstring(addr, MAX_STRING)
-                self._account(len(text) + 1)
-            else:
-                text = self._read(addr, item.count or 0)
+        if is_char and hint is None:
+            text = self.tracee.read_cstring(addr, MAX_STRING)
+            self._account(len(text) + 1)
             obj = self._new_object(addr, pointee, len(text), len(text) + 1)
             obj.string = text
             pointer.target = ObjectRef(obj.id)
@@ -424,12 +428,14 @@ class Capturer:
         return obj, pointee
 
     def _new_object(self, addr: int, type_id: int, count: int, extent: int) -> HeapObject:
+        """A new heap object; `type_id` CHAR_TYPE stands for the bytes of a hinted buffer."""
         if len(self.objects) >= MAX_OBJECTS:
             raise CaptureLimit(
                 f"the tagged state reaches more than {MAX_OBJECTS} heap objects; add hints to "
                 "stop following pointers that are not state (EKIDEN_HINT_OPAQUE)."
             )
-        obj = HeapObject(len(self.objects) + 1, addr, self._type_name(type_id), count, type_id)
+        name = "char" if type_id == CHAR_TYPE else self._type_name(type_id)
+        obj = HeapObject(len(self.objects) + 1, addr, name, count, type_id)
         self.objects[obj.id] = obj
         self._extents[obj.id] = max(extent, 1)
         bisect.insort(self._object_starts, (addr, obj.id))

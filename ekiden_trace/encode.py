@@ -109,7 +109,7 @@ class Encoder:
         if isinstance(unit, New) and isinstance(unit.value, bytes):
             return len(unit.value)
         if isinstance(unit, HeapObject) and unit.string is not None:
-            return len(unit.string) + 1
+            return max(len(unit.string) + (0 if unit.is_buffer else 1), 1)
         return max((get(self.types, self._element[_key(unit)]).size or 0) * unit.count, 1)
 
     def _unit_items(self, unit: Unit) -> list[Any]:

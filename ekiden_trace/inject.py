@@ -36,12 +36,15 @@ Where the tracee rests afterwards, and what the caller must know:
   of injected code and will likely crash; between injections it is safe.
 * A function call that times out or crashes is abandoned where it stands:
   registers come back, but locks or heap state it was changing do not.
+* A tracee at a PTRACE_SYSCALL entry stop is refused: resuming from there
+  would run or skip the program's own system call with our registers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import mmap
 import os
 import signal
@@ -90,6 +93,7 @@ _WORD = (1 << 64) - 1
 _RED_ZONE = 128
 _EFLAGS_DF = 1 << 10
 _MAX_ERRNO = 4095
+_ENOSYS_RAX = -errno.ENOSYS & _WORD  # rax at a PTRACE_SYSCALL entry stop
 _XSTATE_MAX = 1 << 15
 _MAX_DECODE = 1 << 16
 # Where injected calls return: in page 0, below vm.mmap_min_addr, so never
@@ -185,6 +189,11 @@ class _Saved:
             )
         self.what = what
         self.regs = tracee.regs()
+        if not self.regs.orig_rax >> 63 and self.regs.rax == _ENOSYS_RAX:
+            raise InjectionError(
+                f"process {tracee.pid} is stopped at a system-call entry; resume it to a signal "
+                f"or interrupt stop before {what} can be injected."
+            )
         self.signal = tracee.pending_signal
         self.siginfo = pt.getsiginfo(tracee.pid) if self.signal else None
         self.xstate = (
@@ -685,7 +694,7 @@ def clear_cloexec(tracee: Tracee, gadget: int, fds: Sequence[int]) -> list[int]:
         for fd in fds:
             if _has_cloexec(tracee.pid, fd):
                 # FD_CLOEXEC is the only descriptor flag, so 0 clears just it.
-                remote_fcntl(tracee, gadget, fd, 2, 0)  # F_SETFD
+                remote_fcntl(tracee, gadget, fd, fcntl.F_SETFD, 0)
                 cleared.append(fd)
     except BaseException:
         if tracee.alive and tracee.stopped:
@@ -698,7 +707,7 @@ def clear_cloexec(tracee: Tracee, gadget: int, fds: Sequence[int]) -> list[int]:
 def restore_cloexec(tracee: Tracee, gadget: int, fds: Sequence[int]) -> None:
     """Set FD_CLOEXEC again on `fds` (the list clear_cloexec returned)."""
     for fd in fds:
-        remote_fcntl(tracee, gadget, fd, 2, 1)  # F_SETFD, FD_CLOEXEC
+        remote_fcntl(tracee, gadget, fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
 
 
 # -- exec in place -------------------------------------------------------------------------
@@ -753,7 +762,8 @@ def exec_in_place(
     """Make the tracee execve(path, argv, envp): same PID, same fds without FD_CLOEXEC.
 
     On success the tracee rests in an interrupt stop at the new program's
-    entry point, before its first instruction.  On failure (ENOENT, EACCES,
+    entry point, before its first instruction (the signal of the stop it was
+    in, if any, belonged to the old program and is dropped).  On failure (ENOENT, EACCES,
     ENOEXEC...) the old program is left exactly as it was and InjectionError
     names the errno.  The single-stepped execve stops right after the
     `syscall` when it fails, so the old program never runs with our registers.

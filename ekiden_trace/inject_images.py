@@ -10,6 +10,7 @@ that into an error message.
 from __future__ import annotations
 
 import os
+import struct
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,15 +20,18 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from capstone.x86 import X86_INS_SYSCALL
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import NoteSection, SymbolTableSection
+from elftools.elf.sections import NoteSection
 
 from .process import Mapping, read_maps
 
 SYSCALL_BYTES = b"\x0f\x05"
 _SCAN_CHUNK = 1 << 20
 _VERSYM_HIDDEN = 0x8000
-# Symbol type 10; pyelftools calls it STT_LOOS.
-_IFUNC_TYPES = ("STT_GNU_IFUNC", "STT_LOOS")
+_SYM = struct.Struct("<IBBHQQ")  # Elf64_Sym
+_STT_FUNC = 2
+_STT_GNU_IFUNC = 10
+_STB_LOCAL = 0
+_SHN_UNDEF = 0
 _DECODER = Cs(CS_ARCH_X86, CS_MODE_64)
 
 Reader = Callable[[int, int], bytes]
@@ -107,29 +111,34 @@ def _build_id(elf: ELFFile) -> str | None:
 
 
 def _functions(elf: ELFFile) -> dict[str, FunctionSymbol]:
-    """Defined functions by name; a global default-version definition wins over others."""
+    """Defined functions by name; a global default-version definition wins over others.
+
+    The tables are decoded with struct rather than symbol by symbol through
+    pyelftools, which would take a good part of a second for libc.
+    """
     best: dict[str, tuple[int, FunctionSymbol]] = {}
     for table_name in (".dynsym", ".symtab"):
         table = elf.get_section_by_name(table_name)
-        if not isinstance(table, SymbolTableSection):
+        if table is None or table["sh_entsize"] != _SYM.size:
             continue
+        names = elf.get_section(table["sh_link"]).data()
         versions = array("H")
         versym = elf.get_section_by_name(".gnu.version") if table_name == ".dynsym" else None
         if versym is not None:
             versions.frombytes(versym.data())
-        for index, sym in enumerate(table.iter_symbols()):
-            kind = sym["st_info"]["type"]
-            if kind not in ("STT_FUNC", *_IFUNC_TYPES) or sym["st_shndx"] == "SHN_UNDEF":
+        for index, (name_at, info, _, shndx, value, size) in enumerate(
+            _SYM.iter_unpack(table.data())
+        ):
+            kind = info & 0xF
+            if kind not in (_STT_FUNC, _STT_GNU_IFUNC) or shndx == _SHN_UNDEF or not value:
                 continue
-            if not sym.name or not sym["st_value"]:
+            name = names[name_at : names.index(b"\0", name_at)].decode("utf-8", "replace")
+            if not name:
                 continue
             hidden = index < len(versions) and versions[index] & _VERSYM_HIDDEN
-            rank = (2 if sym["st_info"]["bind"] == "STB_LOCAL" else 0) + (1 if hidden else 0)
-            if sym.name not in best or rank < best[sym.name][0]:
-                found = FunctionSymbol(
-                    sym.name, sym["st_value"], sym["st_size"], kind in _IFUNC_TYPES
-                )
-                best[sym.name] = (rank, found)
+            rank = (2 if info >> 4 == _STB_LOCAL else 0) + (1 if hidden else 0)
+            if name not in best or rank < best[name][0]:
+                best[name] = (rank, FunctionSymbol(name, value, size, kind == _STT_GNU_IFUNC))
     return {name: found for name, (_, found) in best.items()}
 
 

@@ -187,7 +187,10 @@ def _symbol_problems(old: Program, new: Program) -> list[str]:
     """Functions of v1 that a function pointer may hold but v2 lacks (reported, not blocking)."""
     new_names = {s.name for s in new.elf.symbols() if s.kind == "function"}
     return sorted(
-        s.name for s in old.elf.symbols() if s.kind == "function" and s.name not in new_names
+        s.name
+        for s in old.elf.symbols()
+        # names with a dot are compiler clones (foo.constprop.0, foo.cold), not functions
+        if s.kind == "function" and "." not in s.name and s.name not in new_names
     )
 
 
@@ -248,15 +251,21 @@ def plan_update(old: Program, new: Program, transformers: Transformers) -> Updat
 
 
 def check_snapshot(plan: UpdatePlan, snapshot: Snapshot) -> list[str]:
-    """Pointers of the captured state that cannot be carried into v2, with their paths.
+    """Pointers of the captured state that cannot be carried over, with their paths.
 
-    Runs during the pause but before the exec, so a refusal leaves v1 untouched.
+    Every variable is checked, not only those v2 takes automatically: a rollback
+    restores the whole snapshot into v1 again.  Symbols are checked against v2
+    for the variables converted automatically.  Runs during the pause but before
+    the exec, so a refusal leaves v1 untouched.
     """
     new_symbols = plan.new.symbols.by_name
+    transferred = {
+        v.old.key for v in plan.variables if v.old is not None and v.action == "transfer"
+    }
     problems: list[str] = []
     seen: set[int] = set()
 
-    def visit(value: Value | None, path: str) -> None:
+    def visit(value: Value | None, path: str, check_symbols: bool) -> None:
         stack = [(value, path)]
         while stack:
             item, where = stack.pop()
@@ -267,7 +276,7 @@ def check_snapshot(plan: UpdatePlan, snapshot: Snapshot) -> list[str]:
                         f"{where} points to {item.addr:#x} ({target.reason}); add a hint "
                         "(EKIDEN_HINT_*) or a transformer"
                     )
-                elif isinstance(target, FunctionRef | GlobalRef):
+                elif isinstance(target, FunctionRef | GlobalRef) and check_symbols:
                     symbol = target.symbol or "?"
                     if "@" not in symbol and symbol not in new_symbols:
                         problems.append(f"{where} points to {symbol}, which v2 does not have")
@@ -282,10 +291,6 @@ def check_snapshot(plan: UpdatePlan, snapshot: Snapshot) -> list[str]:
             elif isinstance(item, ArrayValue):
                 stack += [(v, f"{where}[{i}]") for i, v in enumerate(item.items)]
 
-    transferred = {
-        v.old.key for v in plan.variables if v.old is not None and v.action == "transfer"
-    }
-    for var in snapshot.variables:
-        if var.key in transferred:
-            visit(var.value, var.name)
+    for var in sorted(snapshot.variables, key=lambda v: v.key not in transferred):
+        visit(var.value, var.name, var.key in transferred)
     return problems[:20]

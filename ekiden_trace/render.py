@@ -92,7 +92,9 @@ def _pointer_json(pointer: Pointer) -> Any:
 
 def _object_json(obj: HeapObject) -> dict[str, Any]:
     out: dict[str, Any] = {"address": hex(obj.addr), "type": obj.type_name, "count": obj.count}
-    if obj.string is not None:
+    if obj.is_buffer:
+        out["bytes"] = obj.string.hex() if obj.string is not None else ""
+    elif obj.string is not None:
         out["string"] = text_of(obj.string)
     else:
         out["value"] = value_json(obj.value)
@@ -184,6 +186,8 @@ class _TextRenderer:
             return "NULL"
         if isinstance(target, ObjectRef):
             obj = self.objects[target.object_id]
+            if obj.is_buffer and obj.string is not None:
+                return f"<{len(obj.string)} bytes: {obj.string.hex()}>"
             if obj.string is not None and not target.offset:
                 return json.dumps(text_of(obj.string), ensure_ascii=False)
             return f"#{target.object_id}" + (f"+{target.offset}" if target.offset else "")

@@ -11,6 +11,7 @@ rolled back.
 
 from __future__ import annotations
 
+import mmap
 import os
 import signal
 import time
@@ -21,7 +22,7 @@ from .control import KIND_POINT, KIND_TAG, ControlBlock
 from .encode import ConversionError, Encoder
 from .errors import EkidenError, WaitTimeout
 from .faults import fault_point
-from .inject import find_function, find_syscall_gadget, remote_call
+from .inject import find_function, find_syscall_gadget, remote_call, remote_mmap, remote_munmap
 from .plan import UpdatePlan
 from .process import Tracee, read_maps
 from .program import Program, TaggedVariable
@@ -29,6 +30,7 @@ from .snapshot import Snapshot
 from .xform import Context, Transformers, View, run_transformer
 
 EXIT_SYSCALLS = (60, 231)  # exit, exit_group
+SCRATCH_SIZE = 1 << 20
 ENOSYS = -38
 CRASH_SIGNALS = {
     signal.SIGSEGV,
@@ -73,6 +75,10 @@ def load_bias(pid: int, program: Program) -> int:
     raise RestoreFailed(f"{program.path} is not mapped in process {pid} after the exec.")
 
 
+def _c_string(text: str | bytes) -> bytes:
+    return (text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text) + b"\0"
+
+
 class ProcessBackend:
     """The new process, as encoding and transformers see it: calls, malloc, symbols, writes."""
 
@@ -83,6 +89,7 @@ class ProcessBackend:
         self.gadget = gadget
         self._functions: dict[str, int] = {}
         self.encoder: Encoder | None = None  # set once the restore has one
+        self._scratch: int | None = None
 
     def function(self, name: str) -> int:
         """Runtime address of a function of the program or of a library it loaded."""
@@ -96,8 +103,29 @@ class ProcessBackend:
         return self._functions[name]
 
     def call(self, function: str, *args: int | str | bytes) -> int:
-        values = [self.string(a) if isinstance(a, str | bytes) else int(a) for a in args]
+        """Call a function in the new process; str/bytes arguments are passed as C strings
+        placed in a scratch area, so nothing is left allocated after the call."""
+        values, used = [], 0
+        for arg in args:
+            if not isinstance(arg, str | bytes):
+                values.append(int(arg))
+                continue
+            data = _c_string(arg)
+            if used + len(data) > SCRATCH_SIZE:
+                raise RestoreFailed(f"the arguments of {function} exceed {SCRATCH_SIZE} bytes.")
+            if self._scratch is None:
+                prot = mmap.PROT_READ | mmap.PROT_WRITE
+                self._scratch = remote_mmap(self.tracee, self.gadget, SCRATCH_SIZE, prot)
+            self.tracee.write(self._scratch + used, data)
+            values.append(self._scratch + used)
+            used += len(data)
         return remote_call(self.tracee, self.function(function), *values)
+
+    def close(self) -> None:
+        """Give the scratch area back to the new process."""
+        if self._scratch is not None:
+            remote_munmap(self.tracee, self.gadget, self._scratch, SCRATCH_SIZE)
+            self._scratch = None
 
     def malloc_many(self, sizes: list[int]) -> list[int]:
         from .inject import batch_malloc
@@ -105,7 +133,7 @@ class ProcessBackend:
         return batch_malloc(self.tracee, self.gadget, self.function("malloc"), sizes)
 
     def string(self, text: str | bytes) -> int:
-        data = (text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text) + b"\0"
+        data = _c_string(text)
         addr = self.call("malloc", len(data))
         if addr == 0:
             raise RestoreFailed("the new process is out of memory.")
@@ -220,6 +248,7 @@ class Restorer:
                 "the new version reached an update point before the tags of "
                 f"{', '.join(result.not_reached)}; place those tags before its first update point."
             )
+        self.backend.close()
         result.objects = self.encoder.objects_written
         result.bytes = self.encoder.bytes_written
         result.seconds = time.monotonic() - started

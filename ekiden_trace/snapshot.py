@@ -116,6 +116,7 @@ class HeapObject:
     type_id: int  # the element type in the captured program's DWARF
     value: Value | None = None
     string: bytes | None = None
+    is_buffer: bool = False  # `string` holds a hinted buffer's exact bytes, no NUL added
 
     @property
     def is_array(self) -> bool:

@@ -191,7 +191,8 @@ class View:
         if isinstance(value, Pointer) and isinstance(value.target, ObjectRef):
             obj = self._snapshot.objects[value.target.object_id]
             if obj.string is not None:
-                return View(CharArray(obj.string + b"\0"), self._snapshot, obj.type_name)
+                data = obj.string if obj.is_buffer else obj.string + b"\0"
+                return View(CharArray(data), self._snapshot, obj.type_name)
             return View(obj.value, self._snapshot, obj.type_name)
         return None
 
@@ -239,6 +240,14 @@ class View:
     def __bool__(self) -> bool:
         value = self._value
         return not (isinstance(value, Pointer) and value.addr == 0)
+
+    @property
+    def bytes(self) -> bytes:
+        """The exact bytes of a hinted buffer, a string (without its NUL) or a char array."""
+        target = self.deref() if isinstance(self._value, Pointer) else self
+        if target is None or not isinstance(target._value, CharArray):
+            raise TypeError(f"{self.type_name} holds no bytes")
+        return target._value.raw
 
     @property
     def text(self) -> str:
