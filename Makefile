@@ -10,7 +10,7 @@ FIXTURE_SOURCES := $(wildcard fixtures/*/v*.c)
 FIXTURES := $(FIXTURE_SOURCES:.c=)
 APT := DEBIAN_FRONTEND=noninteractive apt-get -y -q
 
-.PHONY: setup system-packages fixtures test demo lint clean
+.PHONY: setup system-packages fixtures test demo demo-ftp lint clean
 
 setup: system-packages $(VENV)/.installed
 
@@ -37,11 +37,22 @@ fixtures: system-packages $(FIXTURES)
 fixtures/%: fixtures/%.c probes/ekiden.h
 	$(CC) $(FIXTURE_CFLAGS) $< -o $@
 
+# The same fixture with every mark compiled out, for the benchmarks' overhead ratios.
+fixtures/%-unmarked: fixtures/%.c probes/ekiden.h
+	$(CC) $(FIXTURE_CFLAGS) -DEKIDEN_DISABLE $< -o $@
+
 test: setup fixtures
 	$(PY) -m pytest -q
 
+.PHONY: bench
+bench: setup fixtures
+	$(PY) tests/bench/run.py
+
 demo: setup fixtures
 	$(PY) fixtures/demo.py
+
+demo-ftp: setup fixtures
+	$(PY) fixtures/demo_ftp.py
 
 lint: setup
 	$(VENV)/bin/ruff check .
