@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from .abort import Interrupted, aborting_on_signals
 from .errors import EkidenError
 
 USAGE_ERROR = 64
@@ -189,13 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "now", False) and args.point:
         parser.error("--now and --point exclude each other")
     try:
-        return args.run(args)
+        with aborting_on_signals():
+            return args.run(args)
+    except Interrupted as exc:
+        print(f"ekiden-trace: {exc}; the target was released as it was.", file=sys.stderr)
+        return exc.exit_code
     except EkidenError as exc:
         print(f"ekiden-trace: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("ekiden-trace: interrupted; the target was left running.", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

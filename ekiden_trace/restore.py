@@ -27,6 +27,7 @@ from .plan import UpdatePlan
 from .process import Tracee, read_maps
 from .program import Program, TaggedVariable
 from .snapshot import Snapshot
+from .stopping import halt
 from .xform import Context, Transformers, View, run_transformer
 
 EXIT_SYSCALLS = (60, 231)  # exit, exit_group
@@ -216,7 +217,7 @@ class Restorer:
             try:
                 stop = self.tracee.wait_stop(max(deadline - time.monotonic(), 0))
             except WaitTimeout:
-                self._halt()
+                halt(self.tracee)
                 raise RestoreFailed(
                     f"the new version did not reach an update point within {timeout:g} s."
                 ) from None
@@ -253,12 +254,6 @@ class Restorer:
         result.bytes = self.encoder.bytes_written
         result.seconds = time.monotonic() - started
         return result
-
-    def _halt(self) -> None:
-        """Stop the running new version where it is, so it can be rolled back."""
-        self.tracee.interrupt()
-        while self.tracee.wait_stop(5.0).kind not in ("interrupt", "signal", "group", "syscall"):
-            self.tracee.syscall()
 
     def _check_exit(self) -> None:
         """At the entry of exit/exit_group: cancel the call (the process must survive to be

@@ -73,6 +73,14 @@ def wait_for_point(
             tracee.cont()
 
 
+def halt(tracee: Tracee) -> None:
+    """Bring a running tracee to a ptrace stop where it is (no-op when already stopped)."""
+    if tracee.stopped or not tracee.alive:
+        return
+    tracee.interrupt()
+    tracee.wait_stop(5.0)
+
+
 def leave(tracee: Tracee, control: ControlBlock | None) -> None:
     """Disarm the marks and detach, leaving the process running as before. Never raises."""
     try:

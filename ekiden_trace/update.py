@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .abort import Interrupted
 from .control import ControlBlock, choose_stop_signal
 from .errors import BinaryError, EkidenError, TargetError
 from .inject import (
@@ -35,7 +36,7 @@ from .process import Tracee
 from .program import Program
 from .restore import Restorer
 from .snapshot import Snapshot
-from .stopping import leave, wait_for_point
+from .stopping import halt, leave, wait_for_point
 from .xform import Transformers, load_transformers
 
 
@@ -50,9 +51,10 @@ class RolledBack(EkidenError):
 
     exit_code = 11
 
-    def __init__(self, message: str, report: UpdateReport) -> None:
+    def __init__(self, message: str, report: UpdateReport, cause: EkidenError) -> None:
         super().__init__(message)
         self.report = report
+        self.cause = cause
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,7 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
             restorer = Restorer(tracee, plan, snapshot, transformers, report.point, signo)
             result = restorer.run(options.timeout)
         except EkidenError as failure:
+            halt(tracee)  # an interruption may have come while v2 ran
             gadget = restorer.gadget if restorer is not None else find_syscall_gadget(tracee, [])
             _roll_back(
                 tracee,
@@ -225,7 +228,9 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
             )
             report.outcome = "rolled back"
             raise RolledBack(
-                f"the update failed after the exec and was rolled back: {failure}", report
+                f"the update failed after the exec and was rolled back: {failure}",
+                report,
+                failure,
             ) from None
         restore_cloexec(tracee, restorer.gadget, cleared)
         report.moved = result.written
@@ -311,6 +316,10 @@ def update_tree(pid: int, options: UpdateOptions) -> list[TreeOutcome]:
             outcomes.append(TreeOutcome(member, update(member, options, prepared), None))
         except RolledBack as failure:
             outcomes.append(TreeOutcome(member, failure.report, failure))
+            if isinstance(failure.cause, Interrupted):
+                break  # the user asked to stop: leave the rest of the tree alone
+        except Interrupted:
+            raise
         except EkidenError as failure:
             outcomes.append(TreeOutcome(member, None, failure))
     return outcomes
