@@ -104,7 +104,6 @@ _FAULT_SIGNALS = frozenset(
 )
 _SI_USER = 0
 _SI_TKILL = -6
-_O_CLOEXEC = 0o2000000
 
 # Calls the function in rdx on each of rsi words at rdi, storing each result
 # over its argument (System V ABI; rbx, r12, r13 are callee-saved, and three
@@ -250,9 +249,22 @@ def _stop_running(tracee: Tracee, saved: _Saved) -> None:
     while True:
         stop = _next_stop(tracee, saved, deadline)
         if stop.kind == "interrupt":
-            return
+            break
         _hold(saved, stop, tracee.pid)
         tracee.cont(0)
+    # A single-stepped system call that was interrupted still queued its
+    # step's SIGTRAP, behind the interrupt stop; take it now, or the next
+    # resume would report it.  No instruction runs: it is already pending.
+    while _thread_pending(tracee.pid) & 1 << (signal.SIGTRAP - 1):
+        tracee.cont(0)
+        _hold(saved, _next_stop(tracee, saved, deadline), tracee.pid)
+
+
+def _thread_pending(pid: int) -> int:
+    """The mask of signals pending for the (single) thread and not blocked."""
+    with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.split(":", 1) for line in f if line.startswith(("SigPnd", "SigBlk")))
+    return int(fields["SigPnd"], 16) & ~int(fields["SigBlk"], 16)
 
 
 def _rest(tracee: Tracee, saved: _Saved) -> None:
@@ -618,6 +630,14 @@ def is_syscall_instruction(tracee: Tracee, addr: int, function_start: int | None
     return images.syscall_in_code(code, start) == addr
 
 
+def _gadget_preference(image: images.MappedImage) -> int:
+    """libc first, then ld.so, then any other file."""
+    base = os.path.basename(image.path)
+    if base.startswith(("libc.so", "libc-")):
+        return 0
+    return 1 if base.startswith("ld-") else 2
+
+
 def find_syscall_gadget(tracee: Tracee, ranges: Sequence[tuple[int, int]] = ()) -> int:
     """Address of a `syscall` instruction in the target's executable memory.
 
@@ -636,18 +656,7 @@ def find_syscall_gadget(tracee: Tracee, ranges: Sequence[tuple[int, int]] = ()) 
         raise InjectionError(
             f"cannot read the mappings of process {tracee.pid}: {exc.strerror}."
         ) from None
-
-    def order(image: images.MappedImage) -> int:
-        base = os.path.basename(image.path)
-        return (
-            0
-            if base.startswith("libc.so") or base.startswith("libc-")
-            else 1
-            if base.startswith("ld-")
-            else 2
-        )
-
-    for image in sorted(mapped, key=order):
+    for image in sorted(mapped, key=_gadget_preference):
         hit = images.image_gadget(read, image)
         if hit is None:
             hit = images.scan_gadget(read, list(image.mappings))
@@ -677,7 +686,7 @@ def _has_cloexec(pid: int, fd: int) -> bool:
         with open(f"/proc/{pid}/fdinfo/{fd}") as f:
             for line in f:
                 if line.startswith("flags:"):
-                    return bool(int(line.split()[1], 8) & _O_CLOEXEC)
+                    return bool(int(line.split()[1], 8) & os.O_CLOEXEC)
     except FileNotFoundError:
         raise InjectionError(f"file descriptor {fd} is not open in process {pid}.") from None
     raise InjectionError(f"/proc/{pid}/fdinfo/{fd} shows no flags line.")
@@ -762,11 +771,12 @@ def exec_in_place(
     """Make the tracee execve(path, argv, envp): same PID, same fds without FD_CLOEXEC.
 
     On success the tracee rests in an interrupt stop at the new program's
-    entry point, before its first instruction (the signal of the stop it was
-    in, if any, belonged to the old program and is dropped).  On failure (ENOENT, EACCES,
-    ENOEXEC...) the old program is left exactly as it was and InjectionError
-    names the errno.  The single-stepped execve stops right after the
-    `syscall` when it fails, so the old program never runs with our registers.
+    entry point, before its first instruction; the signal of the stop it was
+    in, if any, belonged to the old program and is dropped.  On failure
+    (ENOENT, EACCES, ENOEXEC...) the old program is left exactly as it was
+    and InjectionError names the errno: the execve is single-stepped, so a
+    failed one stops right after the `syscall` instead of running on into the
+    old program's code with our registers.
     """
     raw_path = os.fsencode(path)
     if any(b"\0" in item for item in (raw_path, *argv, *envp)):

@@ -1,7 +1,7 @@
 """The ELF images mapped in a live process, as injection needs them.
 
-Function symbols come from each file's .dynsym and .symtab (pyelftools) and
-are placed at run time by the image's load bias, found in /proc/PID/maps.
+Function symbols come from each file's .dynsym and .symtab and are placed at
+run time by the image's load bias, found in /proc/PID/maps.
 Parsed files are cached by file identity; `syscall` gadgets by build-id.
 Lookups return None when nothing fits: the public layer (inject.py) turns
 that into an error message.
@@ -9,6 +9,7 @@ that into an error message.
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from array import array
@@ -18,16 +19,19 @@ from typing import BinaryIO
 
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from capstone.x86 import X86_INS_SYSCALL
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import NoteSection
 
 from .process import Mapping, read_maps
 
 SYSCALL_BYTES = b"\x0f\x05"
 _SCAN_CHUNK = 1 << 20
 _VERSYM_HIDDEN = 0x8000
+_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")  # Elf64_Ehdr
+_PHDR = struct.Struct("<IIQQQQQQ")  # Elf64_Phdr
+_SHDR = struct.Struct("<IIQQQQIIQQ")  # Elf64_Shdr
 _SYM = struct.Struct("<IBBHQQ")  # Elf64_Sym
+_EM_X86_64 = 62
+_PT_LOAD = 1
+_NT_GNU_BUILD_ID = 3
 _STT_FUNC = 2
 _STT_GNU_IFUNC = 10
 _STB_LOCAL = 0
@@ -83,56 +87,93 @@ def _load_image(path: str) -> ElfImage | None:
             st = os.fstat(f.fileno())
             key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
             if key not in _images:
-                _images[key] = _parse(f)
+                _images[key] = _parse(f) if st.st_size >= _EHDR.size else None
             return _images[key]
     except OSError:
         return None
 
 
 def _parse(f: BinaryIO) -> ElfImage | None:
-    try:
-        elf = ELFFile(f)
-        loads = sorted((seg["p_offset"], seg["p_vaddr"]) for seg in elf.iter_segments("PT_LOAD"))
-        if not loads:
+    """Read an x86-64 ELF file's load delta, build-id and function symbols.
+
+    Decoded with struct from a mapping of the file: pyelftools builds an
+    object per symbol and per section (hash tables included) and would take
+    tens to hundreds of milliseconds for libc, time an update cannot spend
+    while the target is paused.
+    """
+    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        try:
+            return _parse_elf(data)
+        except (struct.error, ValueError, IndexError):
             return None
-        return ElfImage(_build_id(elf), loads[0][1] - loads[0][0], _functions(elf))
-    except (ELFError, ValueError, KeyError):
+
+
+def _parse_elf(data: mmap.mmap) -> ElfImage | None:
+    ident, _, machine, _, _, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum, shstrndx = (
+        _EHDR.unpack_from(data)
+    )
+    if ident[:6] != b"\x7fELF\x02\x01" or machine != _EM_X86_64:
         return None
+    loads = []
+    for i in range(phnum):
+        kind, _, offset, vaddr, *_ = _PHDR.unpack_from(data, phoff + i * phentsize)
+        if kind == _PT_LOAD:
+            loads.append((offset, vaddr))
+    if not loads:
+        return None
+    headers = (
+        [_SHDR.unpack_from(data, shoff + i * shentsize) for i in range(shnum)] if shoff else []
+    )
+    section_names = _section_data(data, headers[shstrndx]) if headers else b""
+    sections = {_cstring(section_names, h[0]): h for h in headers}
+    offset, vaddr = min(loads)
+    return ElfImage(_build_id(data, sections), vaddr - offset, _functions(data, headers, sections))
 
 
-def _build_id(elf: ELFFile) -> str | None:
-    for section in elf.iter_sections():
-        if isinstance(section, NoteSection):
-            for note in section.iter_notes():
-                # Match the owner too: pyelftools names stapsdt notes (type 3) like build-ids.
-                if note["n_name"] == "GNU" and note["n_type"] == "NT_GNU_BUILD_ID":
-                    return str(note["n_desc"])
+def _section_data(data: mmap.mmap, header: tuple[int, ...]) -> bytes:
+    offset, size = header[4], header[5]
+    return data[offset : offset + size]
+
+
+def _cstring(table: bytes, at: int) -> str:
+    return table[at : table.index(b"\0", at)].decode("utf-8", "replace")
+
+
+def _build_id(data: mmap.mmap, sections: dict[str, tuple[int, ...]]) -> str | None:
+    header = sections.get(".note.gnu.build-id")
+    notes = _section_data(data, header) if header else b""
+    pos = 0
+    while pos + 12 <= len(notes):
+        namesz, descsz, kind = struct.unpack_from("<III", notes, pos)
+        pos += 12
+        name = notes[pos : pos + namesz]
+        pos += (namesz + 3) & ~3
+        if name == b"GNU\0" and kind == _NT_GNU_BUILD_ID:
+            return notes[pos : pos + descsz].hex()
+        pos += (descsz + 3) & ~3
     return None
 
 
-def _functions(elf: ELFFile) -> dict[str, FunctionSymbol]:
-    """Defined functions by name; a global default-version definition wins over others.
-
-    The tables are decoded with struct rather than symbol by symbol through
-    pyelftools, which would take a good part of a second for libc.
-    """
+def _functions(
+    data: mmap.mmap, headers: list[tuple[int, ...]], sections: dict[str, tuple[int, ...]]
+) -> dict[str, FunctionSymbol]:
+    """Defined functions by name; a global default-version definition wins over others."""
     best: dict[str, tuple[int, FunctionSymbol]] = {}
     for table_name in (".dynsym", ".symtab"):
-        table = elf.get_section_by_name(table_name)
-        if table is None or table["sh_entsize"] != _SYM.size:
+        table = sections.get(table_name)
+        if table is None or table[9] != _SYM.size:
             continue
-        names = elf.get_section(table["sh_link"]).data()
+        names = _section_data(data, headers[table[6]])  # sh_link: its string table
         versions = array("H")
-        versym = elf.get_section_by_name(".gnu.version") if table_name == ".dynsym" else None
+        versym = sections.get(".gnu.version") if table_name == ".dynsym" else None
         if versym is not None:
-            versions.frombytes(versym.data())
-        for index, (name_at, info, _, shndx, value, size) in enumerate(
-            _SYM.iter_unpack(table.data())
-        ):
+            versions.frombytes(_section_data(data, versym))
+        symbols = _section_data(data, table)
+        for index, (name_at, info, _, shndx, value, size) in enumerate(_SYM.iter_unpack(symbols)):
             kind = info & 0xF
             if kind not in (_STT_FUNC, _STT_GNU_IFUNC) or shndx == _SHN_UNDEF or not value:
                 continue
-            name = names[name_at : names.index(b"\0", name_at)].decode("utf-8", "replace")
+            name = _cstring(names, name_at)
             if not name:
                 continue
             hidden = index < len(versions) and versions[index] & _VERSYM_HIDDEN
