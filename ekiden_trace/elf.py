@@ -57,6 +57,23 @@ class ElfBinary:
             raise BinaryError(
                 f"{self.path} is built for {machine}; ekiden-trace handles x86-64 programs only."
             )
+        if not self._complete():
+            self._file.close()
+            raise BinaryError(f"{self.path} is truncated or damaged; rebuild or copy it again.")
+
+    def _complete(self) -> bool:
+        """Every section and segment lies within the file."""
+        size = self.path.stat().st_size
+        try:
+            extents = [
+                (sec["sh_offset"], sec["sh_size"])
+                for sec in self.elf.iter_sections()
+                if sec["sh_type"] != "SHT_NOBITS"
+            ]
+            extents += [(seg["p_offset"], seg["p_filesz"]) for seg in self.elf.iter_segments()]
+        except ELFError:
+            return False
+        return all(offset + length <= size for offset, length in extents)
 
     def close(self) -> None:
         """Close the underlying file."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from .capture import Capturer
 from .control import ControlBlock, choose_stop_signal
@@ -31,11 +32,19 @@ class InspectOptions:
 def program_of(pid: int) -> Program:
     """The marked program a process runs, read from its executable (before touching it)."""
     try:
+        stat = Path(f"/proc/{pid}/stat").read_text() if pid > 0 else ""
+    except OSError:
+        stat = ""
+    if not stat:
+        raise TargetError(f"there is no process with pid {pid}; check the pid (e.g. with pgrep).")
+    if pid == 1:
+        raise TargetError("pid 1 is the init process, which ekiden-trace never touches.")
+    if pid == os.getpid():
+        raise TargetError(f"pid {pid} is ekiden-trace itself; give the pid of a marked program.")
+    if stat.rsplit(")", 1)[1].split()[0] == "Z":
+        raise TargetError(f"process {pid} is a zombie (it has exited); there is nothing to update.")
+    try:
         exe = os.readlink(f"/proc/{pid}/exe")
-    except FileNotFoundError:
-        raise TargetError(
-            f"there is no process with pid {pid}; check the pid (e.g. with pgrep)."
-        ) from None
     except PermissionError:
         raise TargetError(
             f"process {pid} belongs to another user and its executable cannot be read; "

@@ -89,7 +89,9 @@ def _user_traceback(exc: BaseException) -> str:
         for f in traceback.extract_tb(exc.__traceback__)
         if not f.filename.startswith("<") and _PACKAGE not in Path(f.filename).resolve().parents
     ]
-    lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames)]
+    lines = (
+        ["Traceback (most recent call last):\n", *traceback.format_list(frames)] if frames else []
+    )
     return "".join(lines + traceback.format_exception_only(exc)).rstrip()
 
 
