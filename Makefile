@@ -10,7 +10,7 @@ FIXTURE_SOURCES := $(wildcard fixtures/*/v*.c)
 FIXTURES := $(FIXTURE_SOURCES:.c=)
 APT := DEBIAN_FRONTEND=noninteractive apt-get -y -q
 
-.PHONY: setup system-packages fixtures test demo demo-ftp lint clean
+.PHONY: setup system-packages fixtures test demo demo-ftp soak lint clean
 
 setup: system-packages $(VENV)/.installed
 
@@ -50,6 +50,9 @@ bench: setup fixtures
 
 demo: setup fixtures
 	$(PY) fixtures/demo.py
+
+soak: setup fixtures
+	cd tests && ../$(PY) soak.py --updates 500 --write
 
 demo-ftp: setup fixtures
 	$(PY) fixtures/demo_ftp.py

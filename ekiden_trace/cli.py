@@ -83,7 +83,12 @@ def _cmd_attach(args: argparse.Namespace) -> int:
     from .update import RolledBack, UpdateOptions, update, update_tree
 
     options = UpdateOptions(
-        new=args.new, args=args.args, point=args.point, xform=args.xform, timeout=args.timeout
+        new=args.new,
+        args=args.args,
+        point=args.point,
+        xform=args.xform,
+        timeout=args.timeout,
+        force=args.force,
     )
     if args.tree:
         return _print_tree(update_tree(args.pid, options), args.json)
@@ -177,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     attach.add_argument(
         "--tree", action="store_true", help="also update every descendant running the same binary"
+    )
+    attach.add_argument(
+        "--force",
+        action="store_true",
+        help="accept a new binary writable by others or owned by another user",
     )
     attach.add_argument("--json", action="store_true", help="print the report as JSON")
     attach.set_defaults(run=_cmd_attach)

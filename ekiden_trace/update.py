@@ -34,7 +34,7 @@ from .live import LiveProcess
 from .plan import UpdatePlan, check_snapshot, plan_update
 from .process import Tracee
 from .program import Program
-from .restore import Restorer
+from .restore import RestoreFailed, Restorer
 from .snapshot import Snapshot
 from .stopping import halt, leave, wait_for_point
 from .xform import Transformers, load_transformers
@@ -66,6 +66,7 @@ class UpdateOptions:
     point: str | None = None
     xform: str | None = None
     timeout: float = 10.0
+    force: bool = False
 
 
 @dataclass
@@ -108,6 +109,7 @@ class Prepared:
     plan: UpdatePlan
     identity: UpdatePlan  # v1 -> v1, for the rollback
     transformers: Transformers
+    checked: tuple[int, ...]  # the new binary's file identity when it was checked
 
 
 def prepare(pid: int, options: UpdateOptions) -> Prepared:
@@ -125,7 +127,32 @@ def prepare(pid: int, options: UpdateOptions) -> Prepared:
             f"v1's state cannot be mapped onto {new.path} without transformers: {listed}. "
             "Run `ekiden-trace diff` for the full report."
         )
-    return Prepared(old, new, plan, plan_update(old, old, Transformers()), transformers)
+    identity = plan_update(old, old, Transformers())
+    return Prepared(old, new, plan, identity, transformers, file_identity(str(new.path)))
+
+
+def file_identity(path: str) -> tuple[int, ...]:
+    """Device, inode, size and change times: what must not change between check and exec."""
+    info = os.stat(path)
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def check_trusted(pid: int, new: Program, force: bool) -> None:
+    """BinaryError for a new binary that others could have changed, unless forced."""
+    info = new.path.stat()
+    uid = int(Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[1])
+    if force:
+        return
+    if info.st_mode & 0o002:
+        raise BinaryError(
+            f"{new.path} is writable by any user, so it may not be what was checked; "
+            "fix its permissions, or pass --force."
+        )
+    if info.st_uid not in (0, uid):
+        raise BinaryError(
+            f"{new.path} is owned by uid {info.st_uid}, neither root nor the target's user "
+            f"(uid {uid}); pass --force if you trust it."
+        )
 
 
 def check_reachable(pid: int, new: Program) -> None:
@@ -169,6 +196,7 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
     old, new, plan = prepared.old, prepared.new, prepared.plan
     identity, transformers = prepared.identity, prepared.transformers
     check_reachable(pid, new)
+    check_trusted(pid, new, options.force)
     report.dropped = [v.key for v in plan.variables if v.action == "dropped"]
     report.notes = [f"{t}: {n}" for t, notes in plan.type_notes.items() for n in notes]
     old_argv = read_cmdline(pid)
@@ -208,6 +236,8 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
         clock.lap("exec")
         restorer = None
         try:
+            if file_identity(f"/proc/{pid}/exe") != prepared.checked:
+                raise RestoreFailed(f"{new.path} changed between its check and the exec")
             restorer = Restorer(tracee, plan, snapshot, transformers, report.point, signo)
             result = restorer.run(options.timeout)
         except EkidenError as failure:
