@@ -124,6 +124,12 @@ def _print_tree(outcomes: list[TreeOutcome], as_json: bool) -> int:
     return PARTIAL_FAILURE if failed else 0
 
 
+def _cmd_guard(_args: argparse.Namespace) -> int:
+    from .guard import run_guardian
+
+    return run_guardian()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
     parser = _Parser(
@@ -190,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     attach.add_argument("--json", action="store_true", help="print the report as JSON")
     attach.set_defaults(run=_cmd_attach)
+
+    guard = sub.add_parser("_guard")  # internal: the guardian of one update (see guard.py)
+    guard.set_defaults(run=_cmd_guard)
     return parser
 
 

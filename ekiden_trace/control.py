@@ -26,6 +26,7 @@ OFF_WHAT = 24
 OFF_ADDR = 32
 OFF_SIZE = 40
 OFF_ANSWER = 48
+OFF_GUARDED = 52
 OFF_FROM = 56
 FROM_SIZE = 64
 BLOCK_SIZE = OFF_FROM + FROM_SIZE
@@ -110,6 +111,14 @@ class ControlBlock:
         name = point.encode()[: FROM_SIZE - 1]
         self.tracee.write(self.address + OFF_FROM, name.ljust(FROM_SIZE, b"\0"))
         self._write_int(OFF_UPDATING, 1)
+
+    def guard(self, on: bool) -> None:
+        """Mark an update as under way (marks then wait for a guardian if the tool dies)."""
+        self._write_int(OFF_GUARDED, int(on))
+
+    def is_guarded(self) -> bool:
+        """Whether an update of this process was left under way."""
+        return struct.unpack("<i", self.tracee.read(self.address + OFF_GUARDED, 4))[0] != 0
 
     def take_stop(self) -> None:
         """Mark the reported stop as handled."""

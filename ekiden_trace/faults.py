@@ -1,12 +1,20 @@
-"""Fault injection for tests: EKIDEN_TRACE_FAULT=PHASE makes the tool fail at PHASE."""
+"""Fault injection for tests.
+
+EKIDEN_TRACE_FAULT=PHASE makes the tool fail (an error) at PHASE, once per run;
+EKIDEN_TRACE_KILL_AT=PHASE makes it SIGKILL itself there, to test what a dying
+tool leaves behind.  Kill phases: attached, waiting, captured, cloexec, exec,
+restore, detach.
+"""
 
 from __future__ import annotations
 
 import os
+import signal
 
 from .errors import EkidenError
 
 ENV = "EKIDEN_TRACE_FAULT"
+KILL_ENV = "EKIDEN_TRACE_KILL_AT"
 _fired: set[str] = set()
 
 
@@ -19,3 +27,9 @@ def fault_point(phase: str) -> None:
     if os.environ.get(ENV) == phase and phase not in _fired:
         _fired.add(phase)
         raise InjectedFault(f"a fault was injected at {phase} ({ENV}={phase}).")
+
+
+def kill_point(phase: str) -> None:
+    """Die here, as abruptly as a crash, when the environment asks for it."""
+    if os.environ.get(KILL_ENV) == phase:
+        os.kill(os.getpid(), signal.SIGKILL)

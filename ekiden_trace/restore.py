@@ -21,7 +21,7 @@ from typing import Any
 from .control import KIND_POINT, KIND_TAG, ControlBlock
 from .encode import ConversionError, Encoder
 from .errors import EkidenError, WaitTimeout
-from .faults import fault_point
+from .faults import fault_point, kill_point
 from .inject import find_function, find_syscall_gadget, remote_call, remote_mmap, remote_munmap
 from .plan import UpdatePlan
 from .process import Tracee, read_maps
@@ -192,6 +192,12 @@ class Restorer:
             plan.old, self.new, snapshot, transformers, self.backend, self.context
         )
         self.backend.encoder = self.encoder
+        # Guard the new version at once: if the tool dies from here on, its marks wait
+        # for the guardian instead of letting a half-restored version run.
+        self.control.check()
+        self.control.mark_updating(point)
+        self.control.guard(True)
+        self.control.arm(signo)
         self._old_values = {v.key: v for v in snapshot.variables}
         # Variables that must be written before the first update point: those with a
         # captured value (a local of a function that was not active has none) and those
@@ -208,9 +214,6 @@ class Restorer:
         """Resume the new version until its first update point, serving its tags."""
         started = time.monotonic()
         result = RestoreResult(self.point)
-        self.control.check()
-        self.control.mark_updating(self.point)
-        self.control.arm(self.signo)
         deadline = started + timeout
         self.tracee.syscall()
         while True:
@@ -250,6 +253,7 @@ class Restorer:
                 f"{', '.join(result.not_reached)}; place those tags before its first update point."
             )
         self.backend.close()
+        self.control.guard(False)  # all state is written: v2 may run free
         result.objects = self.encoder.objects_written
         result.bytes = self.encoder.bytes_written
         result.seconds = time.monotonic() - started
@@ -308,5 +312,6 @@ class Restorer:
         self.encoder.encode(value, tag.variable.type, buf, 0, tag.name)
         self.tracee.write(addr, bytes(buf))
         self.control.answer(0)
+        kill_point("restore")
         self._pending.discard(tag.key)
         result.written.append(tag.key)

@@ -12,6 +12,7 @@ import time
 
 from .control import KIND_POINT, ControlBlock, MarkStop
 from .errors import TargetExited, WaitTimeout
+from .faults import kill_point
 from .process import Tracee
 
 NUDGE_INTERVAL = 0.2
@@ -35,6 +36,7 @@ def wait_for_point(
     control.arm(signo)
     _nudge(tracee)
     tracee.cont()
+    kill_point("waiting")
     next_nudge = time.monotonic() + NUDGE_INTERVAL
     while True:
         now = time.monotonic()

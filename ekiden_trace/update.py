@@ -19,6 +19,8 @@ from pathlib import Path
 from .abort import Interrupted
 from .control import ControlBlock, choose_stop_signal
 from .errors import BinaryError, EkidenError, TargetError
+from .faults import kill_point
+from .guard import Guardian, GuardState
 from .inject import (
     clear_cloexec,
     exec_in_place,
@@ -35,7 +37,6 @@ from .plan import UpdatePlan, check_snapshot, plan_update
 from .process import Tracee
 from .program import Program
 from .restore import RestoreFailed, Restorer
-from .snapshot import Snapshot
 from .stopping import halt, leave, wait_for_point
 from .xform import Transformers, load_transformers
 
@@ -207,7 +208,9 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
     # (cached by file) before the pause instead of during the restore.
     find_function(pid, "malloc")
     clock.lap("plan")
+    guardian = Guardian()
     tracee = Tracee.seize(pid)
+    kill_point("attached")
     control: ControlBlock | None = ControlBlock(tracee, old.marks.control + live.bias)
     try:
         control.check()
@@ -216,9 +219,13 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
         paused = clock.lap("wait")
         snapshot = capture_stopped(live, tracee, report.point, now=False)
         clock.lap("capture")
+        kill_point("captured")
         problems = check_snapshot(plan, snapshot)
         if problems:
             raise PlanRefused("the captured state cannot be carried over: " + "; ".join(problems))
+        state = GuardState(
+            pid, str(old.path), snapshot, report.point, signo, old_argv, envp, [], options.timeout
+        )
         stop_sym = old.symbols.by_name.get("ekiden__stop")
         ranges = (
             [(stop_sym.addr + live.bias, stop_sym.addr + stop_sym.size + live.bias)]
@@ -226,43 +233,34 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
             else []
         )
         gadget = find_syscall_gadget(tracee, ranges)
-        cleared = clear_cloexec(tracee, gadget, open_fds(pid))
+        state.cleared = clear_cloexec(tracee, gadget, open_fds(pid))
+        guardian.hand_over(state)
+        kill_point("cloexec")
         try:
             exec_in_place(tracee, gadget, str(new.path), argv, envp)
         except EkidenError:
-            restore_cloexec(tracee, gadget, cleared)
+            restore_cloexec(tracee, gadget, state.cleared)
             raise
         control = None  # the old control block went away with the old image
         clock.lap("exec")
         restorer = None
         try:
+            restorer = Restorer(tracee, plan, snapshot, transformers, report.point, signo)
+            kill_point("exec")  # the new version is guarded from here on
             if file_identity(f"/proc/{pid}/exe") != prepared.checked:
                 raise RestoreFailed(f"{new.path} changed between its check and the exec")
-            restorer = Restorer(tracee, plan, snapshot, transformers, report.point, signo)
             result = restorer.run(options.timeout)
         except EkidenError as failure:
             halt(tracee)  # an interruption may have come while v2 ran
             gadget = restorer.gadget if restorer is not None else find_syscall_gadget(tracee, [])
-            _roll_back(
-                tracee,
-                gadget,
-                old,
-                identity,
-                snapshot,
-                report.point,
-                signo,
-                old_argv,
-                envp,
-                cleared,
-                options.timeout,
-            )
+            roll_back_to(tracee, gadget, old, state, identity)
             report.outcome = "rolled back"
             raise RolledBack(
                 f"the update failed after the exec and was rolled back: {failure}",
                 report,
                 failure,
             ) from None
-        restore_cloexec(tracee, restorer.gadget, cleared)
+        restore_cloexec(tracee, restorer.gadget, state.cleared)
         report.moved = result.written
         report.initialised = result.initialised
         report.objects = result.objects
@@ -270,30 +268,29 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
         report.pause = time.monotonic() - paused
         clock.lap("restore")
         report.outcome = "updated"
+        kill_point("detach")
         return report
     finally:
         leave(tracee, control)
+        guardian.done()
 
 
-def _roll_back(
+def roll_back_to(
     tracee: Tracee,
     gadget: int,
     old: Program,
-    identity: UpdatePlan,
-    snapshot: Snapshot,
-    point: str,
-    signo: int,
-    argv: list[bytes],
-    envp: list[bytes],
-    cleared: list[int],
-    timeout: float,
+    state: GuardState,
+    identity: UpdatePlan | None = None,
 ) -> None:
     """Exec v1 again in the same process and restore v1's own snapshot into it."""
+    identity = identity or plan_update(old, old, Transformers())
     try:
-        exec_in_place(tracee, gadget, str(old.path), argv, envp)
-        restorer = Restorer(tracee, identity, snapshot, Transformers(), point, signo)
-        restorer.run(timeout)
-        restore_cloexec(tracee, restorer.gadget, cleared)
+        exec_in_place(tracee, gadget, str(old.path), state.argv, state.envp)
+        restorer = Restorer(
+            tracee, identity, state.snapshot, Transformers(), state.point, state.signo
+        )
+        restorer.run(state.timeout)
+        restore_cloexec(tracee, restorer.gadget, state.cleared)
     except EkidenError as failure:
         raise EkidenError(
             f"the update failed and so did the rollback ({failure}); process {tracee.pid} "

@@ -61,6 +61,15 @@
  *     normally", and the block stays disarmed: the program runs on as if no
  *     tool had ever been attached.
  *
+ * One exception: while an update writes the new version's state, the tool
+ * sets `guarded` (right at the exec stop), marks stay armed, and a guardian
+ * process the tool started waits for the tool's death.  A mark whose stop no
+ * tool took then waits (sleeping 1 ms at a time) instead of running on
+ * half-restored; the guardian execs the old version again and gives it back
+ * its state.  The tool clears `guarded` when the new version has all of its
+ * state.  Only the start-up code between two marks can run after the tool's
+ * death.
+ *
  * The note section .note.ekiden records, for the tool, where each tag, from
  * mark and hint stands (source file, code address, names), and the address
  * of the control block.  It is not loaded into memory.
@@ -103,7 +112,7 @@ struct ekiden_control {
 	void *volatile addr;         /* mark, tag: address of the variable */
 	volatile unsigned long size; /* mark, tag: its size in bytes */
 	volatile int answer;         /* tool, tag: 0 = value written, 1 = init */
-	volatile int reserved;
+	volatile int guarded;        /* tool: an update is under way (see below) */
 	char from[64];               /* tool: the point the old run stopped at */
 };
 
@@ -162,7 +171,8 @@ ekiden__stop(int kind, const char *what, void *addr, unsigned long size)
 	ekiden_control.addr = addr;
 	ekiden_control.size = size;
 	ekiden_control.answer = 1;
-	ekiden_control.armed = 0;
+	if (!ekiden_control.guarded)
+		ekiden_control.armed = 0; /* one shot, except during an update */
 	if (signo > 0) {
 #if defined(__x86_64__)
 		/* Raw syscalls, so the stop lands in this function, whose unwind
@@ -183,6 +193,18 @@ ekiden__stop(int kind, const char *what, void *addr, unsigned long size)
 #endif
 	}
 	__asm__ volatile("" ::: "memory");
+	/* While an update writes this run's state, a mark whose stop no tool took
+	 * (the tool died) waits here for the tool's guardian, which rolls the
+	 * process back: a half-restored version must never run free. */
+	while (ekiden_control.guarded && ekiden_control.kind) {
+#if defined(__x86_64__)
+		static const long pause_1ms[2] = { 0, 1000000 };
+		long ret;
+		__asm__ volatile("syscall" : "=a"(ret) : "0"(35L), "D"(pause_1ms), "S"(0L)
+				 : "rcx", "r11", "memory");
+		(void)ret;
+#endif
+	}
 	return ekiden_control.answer;
 }
 

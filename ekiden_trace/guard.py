@@ -1,0 +1,150 @@
+"""The guardian: a second process that finishes an update when the tool dies during it.
+
+The tool starts it before the pause and hands it the captured state once it
+has it.  If the tool then ends without saying "done" (it was killed), the
+guardian seizes the target: a new version still marked as being updated
+(`guarded` in its control block) is waiting in a mark, half-restored, so the
+guardian execs the old version again and restores the old state into it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .dwarf.cache import cache_dir
+from .errors import EkidenError, TargetError
+from .faults import KILL_ENV
+from .snapshot import Snapshot
+
+SEIZE_PATIENCE = 10.0
+
+
+@dataclass
+class GuardState:
+    """What a rollback needs, handed over right after the capture."""
+
+    pid: int
+    old_path: str
+    snapshot: Snapshot
+    point: str
+    signo: int
+    argv: list[bytes]
+    envp: list[bytes]
+    cleared: list[int]
+    timeout: float
+
+
+class Guardian:
+    """The tool's side: start the guardian, hand it the state, tell it when all is done."""
+
+    def __init__(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ekiden_trace", "_guard"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C meant for the tool does not reach it
+            env=env,
+        )
+        self._state: Path | None = None
+
+    def hand_over(self, state: GuardState) -> None:
+        """Give the guardian what it needs to roll the target back."""
+        directory = cache_dir() / "guard"
+        directory.mkdir(mode=0o700, exist_ok=True)
+        self._state = directory / f"{state.pid}-{os.getpid()}.pickle"
+        fd = os.open(self._state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(state, f)
+        self._send(f"state {self._state}\n")
+
+    def done(self) -> None:
+        """The update is over (done or rolled back by the tool itself): let the guardian go."""
+        self._send("done\n")
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        if self._state is not None:
+            self._state.unlink(missing_ok=True)
+
+    def _send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(line.encode())
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # the guardian is gone: the update goes on without a safety net
+
+
+def run_guardian() -> int:
+    """The `_guard` entry point: wait for the tool's word, and act if it dies instead."""
+    state_file: Path | None = None
+    for line in sys.stdin:
+        if line.startswith("state "):
+            state_file = Path(line[6:].strip())
+        elif line.strip() == "done":
+            return 0
+    if state_file is None:
+        return 0  # the tool died before the capture: the old version was never touched
+    with state_file.open("rb") as f:
+        state: GuardState = pickle.load(f)
+    state_file.unlink(missing_ok=True)
+    try:
+        rescued = rescue(state)
+    except EkidenError as exc:
+        print(f"ekiden-trace guardian: {exc}", file=sys.stderr)
+        return 1
+    if rescued:
+        print(
+            f"ekiden-trace guardian: the tool died during the update of process {state.pid}; "
+            "the process was rolled back to its old version with its state.",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _seize_when_free(pid: int):
+    """Seize the target once the dead tool's tracing has gone (the kernel detaches it)."""
+    from .process import Tracee
+
+    deadline = time.monotonic() + SEIZE_PATIENCE
+    while True:
+        try:
+            return Tracee.seize(pid)
+        except TargetError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
+def rescue(state: GuardState) -> bool:
+    """Roll the target back if the dead tool left it mid-update; True if it did."""
+    from .control import ControlBlock
+    from .inject import find_syscall_gadget, function_range, restore_cloexec
+    from .program import Program
+    from .restore import load_bias
+    from .stopping import leave
+    from .update import roll_back_to
+
+    tracee = _seize_when_free(state.pid)
+    try:
+        running = Program(os.readlink(f"/proc/{state.pid}/exe"))
+        control = ControlBlock(tracee, running.marks.control + load_bias(state.pid, running))
+        gadget = find_syscall_gadget(tracee, [function_range(state.pid, "ekiden__stop")])
+        if not control.is_guarded():
+            if os.path.samefile(running.path, state.old_path):
+                restore_cloexec(tracee, gadget, state.cleared)  # died before the exec
+            return False  # or the new version already has all its state
+        roll_back_to(tracee, gadget, Program(state.old_path), state)
+        return True
+    finally:
+        leave(tracee, None)

@@ -1,0 +1,58 @@
+"""The tool SIGKILLed at each phase of an update: the service keeps serving, no client
+connection is lost, and exactly one copy of the server runs, with its state."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from clients import KvClient, code_bytes, fixture_binary, start_server
+from conftest import REPO, needs_ptrace, process_state, run_tool, tracer_of
+
+pytestmark = needs_ptrace
+
+BEFORE_EXEC = ["attached", "waiting", "captured", "cloexec"]
+AFTER_EXEC = ["exec", "restore", "detach"]
+NKEYS = 300
+
+
+def settled(pid: int, timeout: float = 30) -> str:
+    """Wait until nobody traces the process (the guardian is done); its binary's name."""
+    deadline = time.monotonic() + timeout
+    while tracer_of(pid) != 0 or process_state(pid) not in "SR":
+        assert time.monotonic() < deadline, f"process {pid} still traced or stopped"
+        time.sleep(0.01)
+    return os.path.basename(os.path.realpath(f"/proc/{pid}/exe"))
+
+
+@pytest.mark.parametrize("phase", BEFORE_EXEC + AFTER_EXEC)
+def test_tool_killed_at(phase: str) -> None:
+    keys = {f"k{i}": f"v{i}" for i in range(NKEYS)}
+    with start_server(fixture_binary("kvstore", "v1")) as server, KvClient(server.port) as client:
+        client.pipeline([f"SET {k} {v}" for k, v in keys.items()])
+        before = code_bytes(server.pid)
+        result = run_tool(
+            "attach",
+            str(server.pid),
+            "--new",
+            str(fixture_binary("kvstore", "v2")),
+            "--xform",
+            str(REPO / "fixtures" / "kvstore" / "xform_v1_v2.py"),
+            env={"EKIDEN_TRACE_KILL_AT": phase},
+        )
+        assert result.returncode == -9, (phase, result.returncode, result.stderr)
+        version = settled(server.pid)
+        stats = client.stats()  # the same connection, still open
+        if phase in BEFORE_EXEC:
+            assert version == "v1" and stats["version"] == 1
+            assert code_bytes(server.pid) == before
+        elif phase == "detach":
+            assert version == "v2" and stats["version"] == 2  # the update had completed
+        else:
+            assert version == "v1" and stats["version"] == 1  # rolled back by the guardian
+        answers = client.pipeline([f"GET {k}" for k in keys])
+        assert answers == [f"VALUE {v}" for v in keys.values()]
+        assert client.count() == NKEYS
+        assert stats["clients"] == 1
+        assert server.alive()
