@@ -20,7 +20,6 @@ from conftest import REPO, needs_ptrace, process_state, tracer_of
 
 from ekiden_trace import inject, inject_images
 from ekiden_trace import ptrace as pt
-from ekiden_trace.errors import TargetError
 from ekiden_trace.inject import InjectionError
 from ekiden_trace.process import Tracee
 
@@ -148,20 +147,6 @@ def binaries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "target": build(directory, "target", TARGET_C),
         "child": build(directory, "child", CHILD_C),
     }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ptrace_permitted() -> None:
-    proc = subprocess.Popen(["sleep", "30"])
-    try:
-        Tracee.seize(proc.pid).release()
-    except TargetError as exc:
-        if "kernel refused" not in str(exc):
-            raise
-        pytest.skip(f"ptrace is not permitted here: {exc}")
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture

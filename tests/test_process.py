@@ -14,10 +14,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from conftest import needs_ptrace
 
 from ekiden_trace import ptrace as pt
 from ekiden_trace.errors import TargetError, WaitTimeout
 from ekiden_trace.process import MemoryAccessError, Tracee, decode_status
+
+pytestmark = needs_ptrace
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 5.0
@@ -135,21 +138,6 @@ def spawn() -> Iterator[Callable[..., subprocess.Popen[str]]]:
         for stream in (proc.stdin, proc.stdout):
             if stream is not None:
                 stream.close()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ptrace_permitted() -> None:
-    """Skip the module when this user may not trace its own children."""
-    proc = subprocess.Popen(["sleep", "30"])
-    try:
-        Tracee.seize(proc.pid).release()
-    except TargetError as exc:
-        if "kernel refused" not in str(exc):
-            raise
-        pytest.skip(f"ptrace is not permitted here: {exc}")
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture

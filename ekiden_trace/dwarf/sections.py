@@ -8,7 +8,7 @@ address applied (pyelftools leaves offset pairs relative to it).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .leb128 import sleb, uleb
@@ -24,46 +24,90 @@ def uint(data: bytes, pos: int, size: int) -> int:
     return int.from_bytes(data[pos : pos + size], "little")
 
 
-def read_rnglist(data: bytes, pos: int, base: int, addrx: AddrIndex) -> list[list[int]]:
-    """Decode a DWARF 5 range list at pos into [[lo, hi], ...]."""
-    out: list[list[int]] = []
+# DWARF 5 range and location list entry codes (DW_RLE_*, DW_LLE_*): the same
+# entries, numbered differently from 5 on.
+RLE_KINDS = (
+    "end",
+    "base_addressx",
+    "startx_endx",
+    "startx_length",
+    "offset_pair",
+    "base_address",
+    "start_end",
+    "start_length",
+)
+LLE_KINDS = (
+    "end",
+    "base_addressx",
+    "startx_endx",
+    "startx_length",
+    "offset_pair",
+    "default_location",
+    "base_address",
+    "start_end",
+    "start_length",
+    "GNU_view_pair",
+)
+
+
+def _list_entries(
+    data: bytes, pos: int, base: int, addrx: AddrIndex, kinds: tuple[str, ...]
+) -> Iterator[tuple[str, int, int, str]]:
+    """(kind, lo, hi, expression in hex) of each address-bearing entry of a DWARF 5 list
+    (location lists carry an expression, range lists do not: ""); base address entries
+    and location views are applied or skipped here."""
     while True:
-        kind = data[pos]
+        code = data[pos]
         pos += 1
-        if kind == 0:  # DW_RLE_end_of_list
-            return out
-        if kind == 1:  # base_addressx
+        if code >= len(kinds):
+            raise ValueError(f"unknown range or location list code {code:#x}")
+        kind = kinds[code]
+        if kind == "end":
+            return
+        if kind == "base_addressx":
             idx, pos = uleb(data, pos)
             base = addrx(idx)
             continue
-        if kind == 5:  # base_address
-            base = uint(data, pos, 8)
-            pos += 8
+        if kind == "base_address":
+            base, pos = uint(data, pos, 8), pos + 8
             continue
-        if kind == 2:  # startx_endx
+        if kind == "GNU_view_pair":  # location views, not addresses
+            _, pos = uleb(data, pos)
+            _, pos = uleb(data, pos)
+            continue
+        if kind == "startx_endx":
             a, pos = uleb(data, pos)
             b, pos = uleb(data, pos)
             lo, hi = addrx(a), addrx(b)
-        elif kind == 3:  # startx_length
+        elif kind == "startx_length":
             a, pos = uleb(data, pos)
             length, pos = uleb(data, pos)
             lo = addrx(a)
             hi = lo + length
-        elif kind == 4:  # offset_pair
+        elif kind == "offset_pair":
             a, pos = uleb(data, pos)
             b, pos = uleb(data, pos)
             lo, hi = base + a, base + b
-        elif kind == 6:  # start_end
-            lo, hi = uint(data, pos, 8), uint(data, pos + 8, 8)
-            pos += 16
-        elif kind == 7:  # start_length
+        elif kind == "default_location":
+            lo, hi = 0, MAX_ADDR
+        elif kind == "start_end":
+            lo, hi, pos = uint(data, pos, 8), uint(data, pos + 8, 8), pos + 16
+        else:  # start_length
             lo = uint(data, pos, 8)
             length, pos = uleb(data, pos + 8)
             hi = lo + length
-        else:
-            raise ValueError(f"unknown DW_RLE code {kind:#x} in .debug_rnglists")
-        if lo < hi:
-            out.append([lo, hi])
+        expr = ""
+        if kinds is LLE_KINDS:
+            size, pos = uleb(data, pos)
+            expr, pos = data[pos : pos + size].hex(), pos + size
+        yield kind, lo, hi, expr
+
+
+def read_rnglist(data: bytes, pos: int, base: int, addrx: AddrIndex) -> list[list[int]]:
+    """Decode a DWARF 5 range list at pos into [[lo, hi], ...]."""
+    return [
+        [lo, hi] for _, lo, hi, _ in _list_entries(data, pos, base, addrx, RLE_KINDS) if lo < hi
+    ]
 
 
 def read_ranges_v4(data: bytes, pos: int, base: int) -> list[list[int]]:
@@ -88,52 +132,8 @@ def read_loclist(data: bytes, pos: int, base: int, addrx: AddrIndex) -> list[lis
     """
     out: list[list[int | str]] = []
     default: list[int | str] | None = None
-    while True:
-        kind = data[pos]
-        pos += 1
-        if kind == 0:  # DW_LLE_end_of_list
-            break
-        if kind == 1:  # base_addressx
-            idx, pos = uleb(data, pos)
-            base = addrx(idx)
-            continue
-        if kind == 6:  # base_address
-            base = uint(data, pos, 8)
-            pos += 8
-            continue
-        if kind == 9:  # DW_LLE_GNU_view_pair: location views, not addresses
-            _, pos = uleb(data, pos)
-            _, pos = uleb(data, pos)
-            continue
-        lo = hi = 0
-        if kind == 2:  # startx_endx
-            a, pos = uleb(data, pos)
-            b, pos = uleb(data, pos)
-            lo, hi = addrx(a), addrx(b)
-        elif kind == 3:  # startx_length
-            a, pos = uleb(data, pos)
-            length, pos = uleb(data, pos)
-            lo = addrx(a)
-            hi = lo + length
-        elif kind == 4:  # offset_pair
-            a, pos = uleb(data, pos)
-            b, pos = uleb(data, pos)
-            lo, hi = base + a, base + b
-        elif kind == 5:  # default_location
-            lo, hi = 0, MAX_ADDR
-        elif kind == 7:  # start_end
-            lo, hi = uint(data, pos, 8), uint(data, pos + 8, 8)
-            pos += 16
-        elif kind == 8:  # start_length
-            lo = uint(data, pos, 8)
-            length, pos = uleb(data, pos + 8)
-            hi = lo + length
-        else:
-            raise ValueError(f"unknown DW_LLE code {kind:#x} in .debug_loclists")
-        size, pos = uleb(data, pos)
-        expr = data[pos : pos + size].hex()
-        pos += size
-        if kind == 5:
+    for kind, lo, hi, expr in _list_entries(data, pos, base, addrx, LLE_KINDS):
+        if kind == "default_location":
             default = [lo, hi, expr]
         elif lo < hi:
             out.append([lo, hi, expr])
