@@ -157,7 +157,10 @@ class Capturer:
         for frame in frames:
             lookup_pc = frame.lookup_pc - bias
             function = self.index.function_at(lookup_pc)
-            if function is None or var.function not in (function.name, *self._inlined(lookup_pc)):
+            if function is None or var.function not in (
+                function.name,
+                *self.index.inline_chain_at(lookup_pc),
+            ):
                 continue
             expr = _location_for_pc(var.location, lookup_pc)
             if expr is None:
@@ -181,10 +184,6 @@ class Capturer:
                 return "value", loc.as_bytes(tag.size or 8)
             return "its location is split into pieces, which is not supported"
         return f"{var.function} is not active in the stopped thread"
-
-    def _inlined(self, pc: int) -> list[str]:
-        chain = getattr(self.index, "inline_chain_at", None)
-        return chain(pc) if chain else []
 
     def _frame_base(self, expr_hex: str | None, frame: Frame) -> int | None:
         if not expr_hex:

@@ -277,10 +277,8 @@ class Restorer:
             loc = tag.variable.location
             if loc["kind"] == "addr" and loc["addr"] + self.bias == addr:
                 return tag
-        locals_ = [t for t in candidates if t.variable.location["kind"] != "addr"]
-        if len(locals_) == 1:
-            return locals_[0]
-        return locals_[0] if locals_ else None
+        # A local: tags of same-named locals in two functions are not told apart yet.
+        return next((t for t in candidates if t.variable.location["kind"] != "addr"), None)
 
     def _serve_tag(self, name: str, addr: int, size: int, result: RestoreResult) -> None:
         tag = self._tag_for(name, addr)
