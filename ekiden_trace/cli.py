@@ -15,7 +15,8 @@ USAGE_ERROR = 64
 PARTIAL_FAILURE = 12
 
 if TYPE_CHECKING:
-    from .update import TreeOutcome, UpdateReport
+    from .tree import TreeOutcome
+    from .update import UpdateReport
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,7 +81,8 @@ def _cmd_diff(args: argparse.Namespace) -> int:
 
 
 def _cmd_attach(args: argparse.Namespace) -> int:
-    from .update import RolledBack, UpdateOptions, update, update_tree
+    from .tree import update_tree
+    from .update import RolledBack, UpdateOptions, update
 
     options = UpdateOptions(
         new=args.new,

@@ -30,7 +30,8 @@ from .snapshot import (
 
 if TYPE_CHECKING:
     from .plan import UpdatePlan
-    from .update import TreeOutcome, UpdateReport
+    from .tree import TreeOutcome
+    from .update import UpdateReport
 
 INSPECT_FORMAT = "ekiden-trace/inspect/1"
 POINTS_FORMAT = "ekiden-trace/points/1"

@@ -14,11 +14,9 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from .abort import Interrupted
 from .control import ControlBlock, choose_stop_signal
-from .errors import BinaryError, EkidenError, TargetError
+from .errors import BinaryError, EkidenError
 from .faults import kill_point
 from .guard import Guardian, GuardState
 from .inject import (
@@ -38,6 +36,7 @@ from .process import Tracee
 from .program import Program
 from .restore import RestoreFailed, Restorer
 from .stopping import halt, leave, wait_for_point
+from .trust import check_reachable, check_trusted, file_identity
 from .xform import Transformers, load_transformers
 
 
@@ -130,63 +129,6 @@ def prepare(pid: int, options: UpdateOptions) -> Prepared:
         )
     identity = plan_update(old, old, Transformers())
     return Prepared(old, new, plan, identity, transformers, file_identity(str(new.path)))
-
-
-def file_identity(path: str) -> tuple[int, ...]:
-    """Device, inode, size and change times: what must not change between check and exec."""
-    info = os.stat(path)
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-
-
-def check_trusted(pid: int, new: Program, force: bool) -> None:
-    """BinaryError for a new binary that others could have changed, unless forced."""
-    info = new.path.stat()
-    uid = int(Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[1])
-    if force:
-        return
-    if info.st_mode & 0o002:
-        raise BinaryError(
-            f"{new.path} is writable by any user, so it may not be what was checked; "
-            "fix its permissions, or pass --force."
-        )
-    if info.st_uid not in (0, uid):
-        raise BinaryError(
-            f"{new.path} is owned by uid {info.st_uid}, neither root nor the target's user "
-            f"(uid {uid}); pass --force if you trust it."
-        )
-
-
-def check_reachable(pid: int, new: Program) -> None:
-    """TargetError unless the process could exec `new` itself: the same file (and its
-    interpreter) seen from the process's root, executable with its credentials."""
-    root = f"/proc/{pid}/root"
-    for path in filter(None, (str(new.path.resolve()), new.elf.interpreter)):
-        try:
-            same = os.path.samefile(root + path, path)
-        except OSError:
-            same = False
-        if not same:
-            raise TargetError(
-                f"process {pid} cannot see {path} from its root directory (is it chrooted?); "
-                "it could not exec the new version, so it is left as it is."
-            )
-    status = Path(f"/proc/{pid}/status").read_text().splitlines()
-    ids = {line.split(":")[0]: line.split()[2] for line in status if line[:4] in ("Uid:", "Gid:")}
-    info = new.path.stat()
-    uid, gid = int(ids["Uid"]), int(ids["Gid"])
-    if uid == 0:
-        allowed = bool(info.st_mode & 0o111)
-    elif uid == info.st_uid:
-        allowed = bool(info.st_mode & 0o100)
-    elif gid == info.st_gid:
-        allowed = bool(info.st_mode & 0o010)
-    else:
-        allowed = bool(info.st_mode & 0o001)
-    if not allowed:
-        raise TargetError(
-            f"process {pid} runs as uid {uid}, which may not execute {new.path}; "
-            "fix the file's permissions."
-        )
 
 
 def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -> UpdateReport:
@@ -296,57 +238,3 @@ def roll_back_to(
             f"the update failed and so did the rollback ({failure}); process {tracee.pid} "
             "is in an unknown state: restart the service."
         ) from None
-
-
-def tree_of(pid: int) -> list[int]:
-    """pid and its descendants that run the same executable, deepest first."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    exe = os.path.realpath(f"/proc/{pid}/exe")
-    order: list[int] = []
-
-    def visit(current: int) -> None:
-        for child in children.get(current, []):
-            visit(child)
-        if current == pid or os.path.realpath(f"/proc/{current}/exe") == exe:
-            order.append(current)
-
-    visit(pid)
-    return order
-
-
-@dataclass
-class TreeOutcome:
-    """What happened to one process of a tree: its report, or the error that stopped it."""
-
-    pid: int
-    report: UpdateReport | None
-    error: EkidenError | None
-
-
-def update_tree(pid: int, options: UpdateOptions) -> list[TreeOutcome]:
-    """Update a process and every descendant running the same binary, each at its own
-    update point; sessions first, the parent last.  The ones updated stay updated; a
-    failed one keeps running its old version."""
-    prepared = prepare(pid, options)
-    outcomes = []
-    for member in tree_of(pid):
-        try:
-            outcomes.append(TreeOutcome(member, update(member, options, prepared), None))
-        except RolledBack as failure:
-            outcomes.append(TreeOutcome(member, failure.report, failure))
-            if isinstance(failure.cause, Interrupted):
-                break  # the user asked to stop: leave the rest of the tree alone
-        except Interrupted:
-            raise
-        except EkidenError as failure:
-            outcomes.append(TreeOutcome(member, None, failure))
-    return outcomes
