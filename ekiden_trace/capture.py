@@ -7,7 +7,6 @@ by pointer types and hints, each object read once and batched per level.
 
 from __future__ import annotations
 
-import bisect
 import struct
 from collections import deque
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from .unwind import Frame
 MAX_OBJECTS = 5_000_000
 MAX_BYTES = 2 << 30
 MAX_STRING = 1 << 20
+PAGE_SHIFT = 12
 CHAR_ENCODINGS = ("signed_char", "unsigned_char")
 CHAR_TYPE = -2  # the element type of a hinted buffer: plain bytes, whatever the pointer's type
 
@@ -90,7 +90,8 @@ class Capturer:
         self.types: dict[int, TypeInfo] = self.index.types
         self.hints = live.program.hints
         self.objects: dict[int, HeapObject] = {}
-        self._object_starts: list[tuple[int, int]] = []
+        # Objects by the pages they span, so a pointer into any object is found in O(1).
+        self._by_page: dict[int, list[int]] = {}
         self._extents: dict[int, int] = {}
         self._queue: deque[_Follow] = deque()
         self._globals: dict[str, int | EnumValue] = {}
@@ -428,6 +429,8 @@ class Capturer:
 
     def _new_object(self, addr: int, type_id: int, count: int, extent: int) -> HeapObject:
         """A new heap object; `type_id` CHAR_TYPE stands for the bytes of a hinted buffer."""
+        if extent > MAX_BYTES:
+            self._account(extent)  # raises: no object that large is state worth reading
         if len(self.objects) >= MAX_OBJECTS:
             raise CaptureLimit(
                 f"the tagged state reaches more than {MAX_OBJECTS} heap objects; add hints to "
@@ -437,16 +440,16 @@ class Capturer:
         obj = HeapObject(len(self.objects) + 1, addr, name, count, type_id)
         self.objects[obj.id] = obj
         self._extents[obj.id] = max(extent, 1)
-        bisect.insort(self._object_starts, (addr, obj.id))
+        for page in range(addr >> PAGE_SHIFT, (addr + max(extent, 1) - 1 >> PAGE_SHIFT) + 1):
+            self._by_page.setdefault(page, []).append(obj.id)
         return obj
 
     def _object_at(self, addr: int) -> tuple[HeapObject, int] | None:
-        i = bisect.bisect_right(self._object_starts, (addr, 1 << 62)) - 1
-        if i < 0:
-            return None
-        start, oid = self._object_starts[i]
-        if start <= addr < start + self._extents[oid]:
-            return self.objects[oid], addr - start
+        """The captured object holding `addr` (start or inside), with the offset."""
+        for oid in self._by_page.get(addr >> PAGE_SHIFT, ()):
+            obj = self.objects[oid]
+            if obj.addr <= addr < obj.addr + self._extents[oid]:
+                return obj, addr - obj.addr
         return None
 
     def _read_objects(self, reads: list[tuple[HeapObject, int]]) -> None:
