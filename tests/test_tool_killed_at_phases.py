@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 from clients import KvClient, code_bytes, fixture_binary, start_server
 from conftest import REPO, needs_ptrace, process_state, run_tool, tracer_of
+from ftp_helpers import login, make_root, running_ftpd, wait_until
 
 pytestmark = needs_ptrace
 
@@ -56,3 +58,32 @@ def test_tool_killed_at(phase: str) -> None:
         assert client.count() == NKEYS
         assert stats["clients"] == 1
         assert server.alive()
+
+
+@pytest.mark.parametrize("phase", ["captured", "restore", "detach"])
+def test_tool_killed_during_a_tree_update(phase: str, tmp_path: Path) -> None:
+    with running_ftpd("v1", make_root(tmp_path)) as server:
+        ftp = login(server.port)
+        ftp.cwd("/pub")
+        wait_until(lambda: len(server.sessions()) == 1, "one session")
+        session = server.sessions()[0]
+        result = run_tool(
+            "attach",
+            str(server.pid),
+            "--new",
+            str(fixture_binary("ftpd", "v2")),
+            "--tree",
+            env={"EKIDEN_TRACE_KILL_AT": phase},
+        )
+        assert result.returncode == -9, result.stderr
+        # The tool died while updating the session (the first of the tree): the session is
+        # on v1 again (or on v2 if it had finished), the listener was never touched.
+        expected = "v2" if phase == "detach" else "v1"
+        assert settled(session) == expected
+        assert settled(server.pid) == "v1"
+        assert ftp.pwd() == "/pub"  # the same control connection, with its state
+        assert len(server.sessions()) == 1
+        fresh = login(server.port)
+        assert fresh.pwd() == "/"
+        fresh.quit()
+        ftp.quit()
