@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,14 @@ def tracer_of(pid: int) -> int:
         if line.startswith("TracerPid:"):
             return int(line.split()[1])
     return 0
+
+
+def wait_traced(pid: int, tracer: int | None = None, timeout: float = 10) -> None:
+    """Wait until a process is traced (by `tracer`, when given), e.g. by a tool just started."""
+    deadline = time.monotonic() + timeout
+    while tracer_of(pid) == 0 or (tracer is not None and tracer_of(pid) != tracer):
+        assert time.monotonic() < deadline, f"process {pid} was never traced"
+        time.sleep(0.002)
 
 
 def ptrace_allowed() -> bool:

@@ -7,11 +7,10 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 from clients import CounterClient, KvClient, code_bytes, fixture_binary, start_server
-from conftest import REPO, needs_ptrace, run_tool, tracer_of
+from conftest import REPO, needs_ptrace, run_tool, tracer_of, wait_traced
 
 pytestmark = needs_ptrace
 
@@ -70,10 +69,7 @@ def test_binary_swapped_after_its_check_is_not_kept(tmp_path: Path) -> None:
             stderr=subprocess.PIPE,
             text=True,
         )
-        deadline = time.monotonic() + 20
-        while tracer_of(server.pid) == 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        wait_traced(server.pid, tool.pid)
         swapped = tmp_path / "other"
         shutil.copy(fixture_binary("counter", "v1"), swapped)
         swapped.rename(new)  # a different file now sits at the checked path

@@ -10,7 +10,7 @@ import time
 
 import pytest
 from clients import CounterClient, KvClient, code_bytes, fixture_binary, start_server
-from conftest import REPO, needs_ptrace, tracer_of
+from conftest import REPO, needs_ptrace, tracer_of, wait_traced
 
 pytestmark = needs_ptrace
 
@@ -23,13 +23,6 @@ def tool(*args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def wait_traced(pid: int) -> None:
-    deadline = time.monotonic() + 10
-    while tracer_of(pid) == 0:
-        assert time.monotonic() < deadline, "the tool never attached"
-        time.sleep(0.005)
 
 
 @pytest.mark.parametrize("signo", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])

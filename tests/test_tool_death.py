@@ -9,20 +9,13 @@ import time
 
 import pytest
 from clients import CounterClient, KvClient, code_bytes, fixture_binary, start_server
-from conftest import REPO, needs_ptrace, process_state, tool_json, tracer_of
+from conftest import REPO, needs_ptrace, process_state, tool_json, tracer_of, wait_traced
 
 pytestmark = needs_ptrace
 
 # Seconds of client traffic before the kill: before the tool attaches, while it reads
 # the binary, and (after_attach) at moments of its wait at armed update points.
 KILLS = [(0.02, False), (0.1, False), (0.0, True), (0.01, True), (0.05, True), (0.2, True)]
-
-
-def wait_until_traced_by(pid: int, tracer: int) -> None:
-    deadline = time.monotonic() + 10
-    while tracer_of(pid) != tracer:
-        assert time.monotonic() < deadline, "the tool never attached"
-        time.sleep(0.002)
 
 
 @pytest.mark.parametrize(("delay", "after_attach"), KILLS)
@@ -50,7 +43,7 @@ def test_target_survives_tool_killed_while_waiting(delay: float, after_attach: b
             stderr=subprocess.DEVNULL,
         )
         if after_attach:
-            wait_until_traced_by(server.pid, tool.pid)
+            wait_traced(server.pid, tool.pid)
         for i in range(int(delay / 0.01)):
             client.send(f"during {i}")
             time.sleep(0.005)
@@ -79,7 +72,7 @@ def test_target_survives_tool_killed_during_capture(delay: float) -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until_traced_by(server.pid, tool.pid)
+        wait_traced(server.pid, tool.pid)
         time.sleep(delay)
         tool.send_signal(signal.SIGKILL)
         tool.wait()

@@ -29,7 +29,7 @@ class Row:
         if self.summary is None:
             return self.text or "-"
         text = _num(self.summary.median, self.fmt) + (f" {self.unit}" if self.unit else "")
-        if self.p95:
+        if self.p95 and self.summary.n > 1:
             text += f" (p95 {_num(self.summary.p95, self.fmt)})"
         return text
 
@@ -112,10 +112,21 @@ def markdown_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def goals_list(rows: Sequence[Row]) -> str:
+    """One line per figure that has a goal: met or missed, with the figure."""
+    lines = []
+    for row in rows:
+        if row.goal:
+            verdict = {True: "met", False: "**missed**", None: "not measured"}[row.met]
+            figure = f"{row.section[2:]}, {row.name}: {row.value()}"
+            lines.append(f"- {figure}; goal {row.goal}: {verdict}")
+    return "\n".join(lines) + "\n"
+
+
 def markdown_document(
     machine: dict[str, str], rows: Sequence[Row], notes: Sequence[str], command: str
 ) -> str:
-    """BENCHMARKS.md: the machine, the table, then how each figure was measured."""
+    """BENCHMARKS.md: the machine, the goals, the table, then how each figure was measured."""
     parts = [
         "# Benchmarks\n",
         f"Written by `{command}` (tests/bench/run.py). Every figure is a median over "
@@ -124,6 +135,8 @@ def markdown_document(
         "in alternating order (AB BA AB ...), and is the median of the per-pair ratios.\n",
         "## Machine\n",
         "\n".join(f"- **{k}**: {v}" for k, v in machine.items()) + "\n",
+        "## Goals\n",
+        goals_list(rows),
         "## Results\n",
         markdown_table(rows),
         "## How each figure is measured\n",

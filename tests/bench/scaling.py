@@ -71,8 +71,9 @@ def _one(binaries: list[Path], keys: int, s: Settings, vm: VmReader) -> Run | Fa
         server.stop()
 
 
-def _rows(result: SectionResult, keys: int, runs: list[Run], failure: Failure | None) -> None:
-    name = f"{keys:,} keys"
+def _rows(
+    result: SectionResult, keys: int, name: str, runs: list[Run], failure: Failure | None
+) -> None:
     final = keys >= 1_000_000
     goal_pause = f"≤ {PAUSE_GOAL:g} s" if final else ""
     goal_rss = f"< {RSS_GOAL_MB:,.0f} MB" if final else ""
@@ -131,10 +132,16 @@ def _rows(result: SectionResult, keys: int, runs: list[Run], failure: Failure | 
 
 
 def _size(
-    s: Settings, result: SectionResult, keys: int, repeats: int, binaries: list[Path], vm: VmReader
+    s: Settings,
+    result: SectionResult,
+    keys: int,
+    repeats: int,
+    binaries: list[Path],
+    vm: VmReader,
+    name: str,
 ) -> list[Run]:
     """Up to `repeats` runs at one size, their rows added; the runs."""
-    print(f"  {keys:,} keys", flush=True)
+    print(f"  {name}", flush=True)
     runs: list[Run] = []
     failure = None
     for i in range(repeats):
@@ -146,7 +153,7 @@ def _size(
         runs.append(outcome)
         if i == 0 and (time.monotonic() - started) * (repeats - 1) > REPEAT_BUDGET:
             break  # too slow to repeat within the suite's time
-    _rows(result, keys, runs, failure)
+    _rows(result, keys, name, runs, failure)
     return runs
 
 
@@ -159,11 +166,12 @@ def run(s: Settings) -> SectionResult:
         for keys, repeats in zip(s.scale_sizes, s.scale_repeats, strict=True):
 
             def measure(keys: int = keys, repeats: int = repeats) -> None:
-                binaries = real
+                binaries, name = real, f"{keys:,} keys"
                 if keys > REAL_MAX:
                     wide = 1 << max(6, (keys // 4 - 1).bit_length())
                     binaries = build.kvstore_buckets(Path(tmp), wide, ("v1", "v2"))
-                runs.extend(_size(s, result, keys, repeats, binaries, vm))
+                    name += f" ({wide:,} buckets)"
+                runs.extend(_size(s, result, keys, repeats, binaries, vm, name))
 
             result.attempt(SECTION, f"{keys:,} keys", measure)
     if runs:
@@ -179,7 +187,7 @@ def _method(s: Settings) -> str:
         f"{s.value_len}-byte values through one connection in pipelined batches of "
         f"{kv.LOAD_BATCH:,} SETs. Each entry is 3 heap objects (entry, key, value). Up to "
         f"{REAL_MAX:,} keys the fixture itself is used; its 64 buckets make loading O(N²) "
-        f"(100,000 keys take about 5 s, 1,000,000 would take about ten minutes), so "
+        f"(100,000 keys take about 5 s, so 1,000,000 would take about 100 times longer), so "
         f"larger sizes use kvstore v1/v2 compiled from the same sources with NBUCKETS raised "
         f"to the next power of two ≥ N/4 (same flags; tests/bench/build.py), which changes "
         f"only the length of the bucket array and of the chains. The tool runs as a child "

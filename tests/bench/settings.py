@@ -42,7 +42,7 @@ class Settings:
 
 FULL = Settings(
     quick=False,
-    overhead_pairs=12,
+    overhead_pairs=20,
     kv_keys=10_000,
     kv_batch=4000,
     kv_conns=8,

@@ -35,7 +35,6 @@ class Target:
     """One kind of update: old -> new binaries of a fixture, and how to set one up."""
 
     name: str
-    fixture: str
     old: Path
     new: Path
     xform: Path | None
@@ -93,7 +92,7 @@ def counter() -> Target:
         return Live(server, client, check)
 
     plain = lambda: start_server(old)  # noqa: E731
-    return Target("counter v1→v2", "counter", old, new, None, False, begin, plain, ("process",))
+    return Target("counter v1→v2", old, new, None, False, begin, plain, ("process",))
 
 
 def kvstore(keys: int) -> Target:
@@ -116,7 +115,7 @@ def kvstore(keys: int) -> Target:
     xform = REPO / "fixtures" / "kvstore" / "xform_v1_v2.py"
     name = f"kvstore v1→v2, {keys} keys"
     plain = lambda: start_server(old)  # noqa: E731
-    return Target(name, "kvstore", old, new, xform, False, begin, plain, ("process",))
+    return Target(name, old, new, xform, False, begin, plain, ("process",))
 
 
 def ftpd(root: Path) -> Target:
@@ -140,4 +139,4 @@ def ftpd(root: Path) -> Target:
 
     plain = lambda: ftp.start(old, root)  # noqa: E731
     roles = ("session", "listener")
-    return Target("ftpd v1→v2 (--tree)", "ftpd", old, new, None, True, begin, plain, roles)
+    return Target("ftpd v1→v2 (--tree)", old, new, None, True, begin, plain, roles)
