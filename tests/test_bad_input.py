@@ -244,3 +244,10 @@ def test_cycle_longer_than_100000_is_captured_once(tmp_path: Path) -> None:
         snapshot = json.loads(result.stdout)
         assert len(snapshot["objects"]) == 150_000
         assert server.alive()
+
+
+def test_own_pid_is_refused() -> None:
+    # exec keeps the shell's pid, so $$ is the tool's own pid.
+    command = f"exec {sys.executable} -m ekiden_trace inspect $$"
+    result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 3 and "is ekiden-trace itself" in result.stderr, result.stderr
