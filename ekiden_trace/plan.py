@@ -128,12 +128,7 @@ class TypeMatcher:
         new_int = new.encoding in INT_ENCODINGS
         if old_int != new_int:
             return [f"{old_name} became {new_name}; give a transformer"]
-        if old.size != new.size:
-            change = (
-                "widened" if (new.size or 0) > (old.size or 0) else "narrowed (checked per value)"
-            )
-            self._note(old_name, f"{change} to {new_name}")
-        return []
+        return []  # size changes are noted where they stand (a field, or the variable)
 
     def _note_field_type(self, type_name: str, name: str, old_tid: int, new_tid: int) -> None:
         old, new = c_name(self.old_types, old_tid), c_name(self.new_types, new_tid)
