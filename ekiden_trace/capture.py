@@ -23,7 +23,9 @@ from .dwarf.expr import (
 from .dwarf.types import TypeInfo, c_name, strip
 from .errors import EkidenError
 from .hints import PointerHint, UnionCase
+from .layouts import StructLayout, compile_layout, holds_pointer, member_key
 from .live import LiveProcess
+from .process import MemoryAccessError
 from .program import TaggedVariable
 from .snapshot import (
     ArrayValue,
@@ -48,7 +50,9 @@ from .unwind import Frame
 MAX_OBJECTS = 5_000_000
 MAX_BYTES = 2 << 30
 MAX_STRING = 1 << 20
-PAGE_SHIFT = 12
+PAGE = 1 << 12
+LINE_SHIFT = 8  # heap objects are indexed by the 256-byte lines they span
+STRING_PROBE = 256  # a string's first read: this many bytes, or up to its page's end
 CHAR_ENCODINGS = ("signed_char", "unsigned_char")
 CHAR_TYPE = -2  # the element type of a hinted buffer: plain bytes, whatever the pointer's type
 
@@ -90,10 +94,17 @@ class Capturer:
         self.types: dict[int, TypeInfo] = self.index.types
         self.hints = live.program.hints
         self.objects: dict[int, HeapObject] = {}
-        # Objects by the pages they span, so a pointer into any object is found in O(1).
-        self._by_page: dict[int, list[int]] = {}
+        # Objects by start address, and by the lines they span, so that a pointer to
+        # an object or into one is found in O(1).
+        self._by_start: dict[int, int] = {}
+        self._by_line: dict[int, list[int]] = {}
         self._extents: dict[int, int] = {}
         self._queue: deque[_Follow] = deque()
+        self._strings: list[tuple[Pointer, int]] = []  # (pointer, char type) of this level
+        self._stripped: dict[int, int] = {}
+        self._names: dict[int, str] = {}
+        self._layouts: dict[int, StructLayout] = {}
+        self._enum_names: dict[int, dict[int, str]] = {}
         self._globals: dict[str, int | EnumValue] = {}
         self.bytes_read = 0
 
@@ -220,7 +231,31 @@ class Capturer:
     # -- decoding ----------------------------------------------------------
 
     def _type_name(self, tid: int) -> str:
-        return c_name(self.types, tid)
+        name = self._names.get(tid)
+        if name is None:
+            name = self._names[tid] = c_name(self.types, tid)
+        return name
+
+    def _strip(self, tid: int) -> int:
+        sid = self._stripped.get(tid)
+        if sid is None:
+            sid = self._stripped[tid] = strip(self.types, tid)
+        return sid
+
+    def _layout(self, tid: int) -> StructLayout:
+        layout = self._layouts.get(tid)
+        if layout is None:
+            layout = self._layouts[tid] = compile_layout(self.types, tid)
+        return layout
+
+    def _enum(self, tid: int, value: int) -> EnumValue:
+        names = self._enum_names.get(tid)
+        if names is None:
+            names = {}
+            for name, number in self.types[tid].enumerators.items():
+                names.setdefault(number, name)
+            self._enum_names[tid] = names
+        return EnumValue(names.get(value), value, self._type_name(tid))
 
     def _decode(
         self,
@@ -230,24 +265,16 @@ class Capturer:
         hint: PointerHint | None,
         siblings: dict[str, Value] | None,
     ) -> Value:
-        sid = strip(self.types, tid)
+        sid = self._strip(tid)
         info = self.types[sid]
         size = info.size or 0
         raw = data[offset : offset + size]
         if info.kind == "base":
             return _decode_base(info, raw)
         if info.kind == "enum":
-            signed = info.encoding == "signed"
-            value = int.from_bytes(raw, "little", signed=signed)
-            name = next((n for n, v in info.enumerators.items() if v == value), None)
-            return EnumValue(name, value, self._type_name(sid))
+            return self._enum(sid, int.from_bytes(raw, "little", signed=info.encoding == "signed"))
         if info.kind == "pointer":
-            pointer = Pointer(int.from_bytes(raw, "little"))
-            count = self._hinted_count(hint, siblings)
-            self._queue.append(
-                _Follow(pointer, info.target if info.target is not None else -1, hint, count)
-            )
-            return pointer
+            return self._pointer(int.from_bytes(raw, "little"), info, hint, siblings)
         if info.kind == "struct":
             return self._decode_struct(info, data, offset)
         if info.kind == "union":
@@ -257,34 +284,55 @@ class Capturer:
         return CharArray(raw)
 
     def _decode_struct(self, info: TypeInfo, data: bytes, offset: int) -> StructValue:
-        name = self._type_name(info.id)
+        layout = self._layout(info.id)
+        name = layout.name
         fields: dict[str, Value] = {}
+        pointers: list[tuple[str, str | None, int, int]] = []  # key, name, type, address
+        if layout.packed is not None:
+            values = layout.packed.unpack_from(data, offset)
+            for packed, value in zip(layout.packed_members, values, strict=True):
+                if packed.role == "pointer":
+                    pointers.append((packed.key, packed.name, packed.type_id, value))
+                elif packed.role == "enum":
+                    fields[packed.key] = self._enum(packed.type_id, value)
+                else:
+                    fields[packed.key] = value
         unions = []
-        deferred = []
-        for i, member in enumerate(info.members):
-            key = member.name or f"(anonymous {i})"
+        for key, member in layout.other:
             if member.bit_size:
                 fields[key] = _decode_bits(self.types, member, data, offset)
                 continue
-            mtype = self.types[strip(self.types, member.type)]
+            mtype = self.types[self._strip(member.type)]
             if mtype.kind == "union" and member.name and (name, member.name) in self.hints.unions:
                 unions.append((key, member))
-                continue
-            if mtype.kind == "pointer":
-                deferred.append((key, member))
-                continue
-            fields[key] = self._decode(member.type, data, offset + member.offset, None, None)
+            elif mtype.kind == "pointer":
+                raw = data[offset + member.offset : offset + member.offset + (mtype.size or 0)]
+                pointers.append((key, member.name, mtype.id, int.from_bytes(raw, "little")))
+            else:
+                fields[key] = self._decode(member.type, data, offset + member.offset, None, None)
         # Pointers and hinted unions last: their hints may read sibling fields.
-        for key, member in deferred:
-            hint = self.hints.fields.get((name, member.name or ""))
-            fields[key] = self._decode(member.type, data, offset + member.offset, hint, fields)
+        for key, member_name, tid, addr in pointers:
+            hint = self.hints.fields.get((name, member_name or ""))
+            fields[key] = self._pointer(addr, self.types[tid], hint, fields)
         for key, member in unions:
             cases = self.hints.unions[(name, member.name)]
-            utype = self.types[strip(self.types, member.type)]
+            utype = self.types[self._strip(member.type)]
             active = _active_member(cases, fields)
             fields[key] = self._decode_union(utype, data, offset + member.offset, active)
-        ordered = {(m.name or f"(anonymous {i})"): None for i, m in enumerate(info.members)}
-        return StructValue(name, {k: fields[k] for k in ordered})
+        return StructValue(name, {k: fields[k] for k in layout.keys})
+
+    def _pointer(
+        self,
+        addr: int,
+        info: TypeInfo,
+        hint: PointerHint | None,
+        siblings: dict[str, Value] | None,
+    ) -> Pointer:
+        """A pointer value, queued to be followed with the next level."""
+        pointer = Pointer(addr)
+        pointee = info.target if info.target is not None else -1
+        self._queue.append(_Follow(pointer, pointee, hint, self._hinted_count(hint, siblings)))
+        return pointer
 
     def _decode_union(
         self, info: TypeInfo, data: bytes, offset: int, active: str | None
@@ -292,8 +340,8 @@ class Capturer:
         raw = data[offset : offset + (info.size or 0)]
         members: dict[str, Value] = {}
         for i, member in enumerate(info.members):
-            key = member.name or f"(anonymous {i})"
-            if key == active or (active is None and not self._holds_pointer(member.type)):
+            key = member_key(member, i)
+            if key == active or (active is None and not holds_pointer(self.types, member.type)):
                 members[key] = self._decode(member.type, data, offset + member.offset, None, None)
         return UnionValue(self._type_name(info.id), raw, active, members)
 
@@ -307,16 +355,6 @@ class Capturer:
         return ArrayValue(
             [self._decode(element, data, offset + i * esize, None, None) for i in range(count)]
         )
-
-    def _holds_pointer(self, tid: int, depth: int = 0) -> bool:
-        info = self.types[strip(self.types, tid)]
-        if info.kind == "pointer" or depth > 32:
-            return True
-        if info.kind in ("struct", "union"):
-            return any(self._holds_pointer(m.type, depth + 1) for m in info.members)
-        if info.kind == "array" and info.target is not None:
-            return self._holds_pointer(info.target, depth + 1)
-        return False
 
     def _hinted_count(
         self, hint: PointerHint | None, siblings: dict[str, Value] | None
@@ -363,6 +401,7 @@ class Capturer:
                 new = self._resolve(item)
                 if new is not None:
                     reads.append(new)
+            self._resolve_strings()
             self._read_objects(reads)
 
     def _resolve(self, item: _Follow) -> tuple[HeapObject, int] | None:
@@ -416,11 +455,7 @@ class Capturer:
             pointer.target = Unfollowed("untyped")
             return None
         if is_char and hint is None:
-            text = self.tracee.read_cstring(addr, MAX_STRING)
-            self._account(len(text) + 1)
-            obj = self._new_object(addr, pointee, len(text), len(text) + 1)
-            obj.string = text
-            pointer.target = ObjectRef(obj.id)
+            self._strings.append((pointer, pointee))  # read with the level's other strings
             return None
         count = item.count if item.count is not None else 1
         obj = self._new_object(addr, pointee, count, (pinfo.size or 0) * count)
@@ -440,17 +475,70 @@ class Capturer:
         obj = HeapObject(len(self.objects) + 1, addr, name, count, type_id)
         self.objects[obj.id] = obj
         self._extents[obj.id] = max(extent, 1)
-        for page in range(addr >> PAGE_SHIFT, (addr + max(extent, 1) - 1 >> PAGE_SHIFT) + 1):
-            self._by_page.setdefault(page, []).append(obj.id)
+        self._by_start[addr] = obj.id
+        for line in range(addr >> LINE_SHIFT, (addr + max(extent, 1) - 1 >> LINE_SHIFT) + 1):
+            self._by_line.setdefault(line, []).append(obj.id)
         return obj
 
     def _object_at(self, addr: int) -> tuple[HeapObject, int] | None:
         """The captured object holding `addr` (start or inside), with the offset."""
-        for oid in self._by_page.get(addr >> PAGE_SHIFT, ()):
+        oid = self._by_start.get(addr)
+        if oid is not None:
+            return self.objects[oid], 0
+        for oid in self._by_line.get(addr >> LINE_SHIFT, ()):
             obj = self.objects[oid]
             if obj.addr <= addr < obj.addr + self._extents[oid]:
                 return obj, addr - obj.addr
         return None
+
+    def _resolve_strings(self) -> None:
+        """Point the level's char pointers at string objects, reading new strings in batches."""
+        pending, self._strings = self._strings, []
+        char_type: dict[int, int] = {}
+        for pointer, pointee in pending:
+            if self._object_at(pointer.addr) is None:
+                char_type.setdefault(pointer.addr, pointee)
+        unknown = sorted(char_type)
+        texts = self._read_strings(unknown)
+        end = 0
+        for addr in unknown:  # ascending, so a pointer into a string just read is seen
+            if addr < end:
+                continue
+            text = texts[addr]
+            self._account(len(text) + 1)
+            obj = self._new_object(addr, char_type[addr], len(text), len(text) + 1)
+            obj.string = text
+            end = addr + len(text) + 1
+        for pointer, _ in pending:
+            found = self._object_at(pointer.addr)
+            assert found is not None, "every string was registered above"
+            pointer.target = ObjectRef(found[0].id, found[1])
+
+    def _read_strings(self, starts: list[int]) -> dict[int, bytes]:
+        """NUL-terminated strings (without the NUL, at most MAX_STRING bytes), read
+        together: a short probe each, then page by page for those still unterminated."""
+        parts: dict[int, list[bytes]] = {start: [] for start in starts}
+        cursor = {start: start for start in starts}  # where each unfinished string goes on
+        while cursor:
+            spans = []
+            for start, here in cursor.items():
+                room = min(PAGE - here % PAGE, MAX_STRING - (here - start))
+                spans.append((here, min(room, STRING_PROBE) if here == start else room))
+            try:
+                chunks = self.tracee.read_many(spans)
+            except MemoryAccessError:
+                # One runs into unreadable memory: read them singly, for the error's sake.
+                for start in cursor:
+                    parts[start] = [self.tracee.read_cstring(start, MAX_STRING)]
+                break
+            for (start, here), chunk in zip(list(cursor.items()), chunks, strict=True):
+                nul = chunk.find(0)
+                parts[start].append(chunk if nul < 0 else chunk[:nul])
+                if nul >= 0 or here + len(chunk) - start >= MAX_STRING:
+                    del cursor[start]
+                else:
+                    cursor[start] = here + len(chunk)
+        return {start: b"".join(chunk) for start, chunk in parts.items()}
 
     def _read_objects(self, reads: list[tuple[HeapObject, int]]) -> None:
         if not reads:

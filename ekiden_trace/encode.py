@@ -12,8 +12,9 @@ from __future__ import annotations
 import struct
 from typing import Any, Protocol
 
-from .dwarf.types import TypeInfo, c_name, get, strip
+from .dwarf.types import Member, TypeInfo, c_name, get, strip
 from .errors import EkidenError
+from .layouts import holds_pointer
 from .program import Program
 from .snapshot import (
     ArrayValue,
@@ -30,7 +31,7 @@ from .snapshot import (
     Unfollowed,
     UnionValue,
 )
-from .xform import Context, New, Transformers, View, run_transformer, wrap
+from .xform import Context, New, TransformerFn, Transformers, View, run_transformer, wrap
 
 CHARS = ("signed_char", "unsigned_char")
 
@@ -55,6 +56,8 @@ class Backend(Protocol):
     def string(self, text: str | bytes) -> int: ...
     def symbol_address(self, name: str) -> int: ...
     def write(self, addr: int, data: bytes) -> None: ...
+    def write_later(self, addr: int, data: bytes) -> None: ...
+    def flush(self) -> None: ...
 
 
 class Encoder:
@@ -78,6 +81,11 @@ class Encoder:
         self.context = context
         self.addresses: dict[int | New, int] = {}
         self._element: dict[int | New, int] = {}
+        # Per-type facts, worked out once: encoding runs once per field of every object.
+        self._infos: dict[int | None, TypeInfo] = {}
+        self._ranges: dict[int, tuple[int, int]] = {}
+        self._struct_plans: dict[int, tuple[str, list[tuple[Member, TransformerFn | None]]]] = {}
+        self._pointer_members: dict[int, list[Member]] = {}
         self.objects_written = 0
         self.bytes_written = 0
 
@@ -104,6 +112,7 @@ class Encoder:
             self.addresses[_key(unit)] = addr
         for unit, size in zip(found, sizes, strict=True):
             self._write_unit(unit, size)
+        self.backend.flush()
 
     def _unit_size(self, unit: Unit) -> int:
         if isinstance(unit, New) and isinstance(unit.value, bytes):
@@ -126,8 +135,12 @@ class Encoder:
             self._discover(item, element, found, 0)
 
     def _discover(self, value: Any, tid: int, found: list[Unit], depth: int) -> None:
-        info = get(self.types, strip(self.types, tid))
-        if depth > 64 or value is None:
+        if depth > 64 or value is None or type(value) is int:
+            return
+        info = self._info(tid)
+        if type(value) is Pointer:
+            if isinstance(value.target, ObjectRef):
+                self._discover_object(value.target.object_id, info, found)
             return
         if isinstance(value, View):
             value = value.raw
@@ -137,16 +150,13 @@ class Encoder:
                 found.append(value)
             return
         if isinstance(value, Pointer) and isinstance(value.target, ObjectRef):
-            obj = self.snapshot.objects[value.target.object_id]
-            if obj.id not in self._element:
-                self._element[obj.id] = self._pointee(info, obj)
-                found.append(obj)
+            self._discover_object(value.target.object_id, info, found)
             return
         if info.kind == "struct" and isinstance(value, StructValue | dict):
             fields = value.fields if isinstance(value, StructValue) else value
             if isinstance(value, StructValue) and self.transformers.for_type(value.type_name):
                 return
-            for member in info.members:
+            for member in self._members_with_pointers(info):
                 if member.name in fields:
                     self._discover(fields[member.name], member.type, found, depth + 1)
         elif isinstance(value, UnionValue) and info.kind == "union" and value.active:
@@ -161,6 +171,27 @@ class Encoder:
             items = value.items if isinstance(value, ArrayValue) else value
             for item in items[: info.count or 0]:
                 self._discover(item, info.target, found, depth + 1)
+
+    def _discover_object(self, object_id: int, pointer: TypeInfo, found: list[Unit]) -> None:
+        if object_id not in self._element:
+            obj = self.snapshot.objects[object_id]
+            self._element[object_id] = self._pointee(pointer, obj)
+            found.append(obj)
+
+    def _info(self, tid: int | None) -> TypeInfo:
+        """v2's type `tid`, typedefs and qualifiers stripped."""
+        info = self._infos.get(tid)
+        if info is None:
+            info = self._infos[tid] = get(self.types, strip(self.types, tid))
+        return info
+
+    def _members_with_pointers(self, info: TypeInfo) -> list[Member]:
+        """The members of a struct that hold a pointer, directly or inside them."""
+        members = self._pointer_members.get(info.id)
+        if members is None:
+            members = [m for m in info.members if holds_pointer(self.types, m.type)]
+            self._pointer_members[info.id] = members
+        return members
 
     def _named_type(self, type_name: str) -> int:
         """A v2 type by its C name, pointers included ('struct entry *')."""
@@ -211,7 +242,7 @@ class Encoder:
             for i, item in enumerate(items):
                 where = f"{path}[{i}]" if unit.count != 1 else path
                 self.encode(item, element, buf, i * esize, where)
-        self.backend.write(self.addresses[key], bytes(buf))
+        self.backend.write_later(self.addresses[key], bytes(buf))
         self.objects_written += 1
         self.bytes_written += size
 
@@ -229,7 +260,10 @@ class Encoder:
 
     def encode(self, value: Any, tid: int, buf: bytearray, offset: int, path: str) -> None:
         """Write `value` as new type `tid` into buf[offset:]; bytes it does not cover stay."""
-        info = get(self.types, strip(self.types, tid))
+        info = self._info(tid)
+        if type(value) is int and info.kind in ("base", "enum") and info.encoding != "float":
+            self._encode_integer(value, info, buf, offset, path)
+            return
         if isinstance(value, View):
             value = value.raw
         old_type = getattr(value, "type_name", None)
@@ -272,12 +306,12 @@ class Encoder:
         number = int(_scalar(value, path))
         size = info.size or 0
         signed = info.encoding in ("signed", "signed_char")
-        low, high = (
-            (-(1 << (8 * size - 1)), (1 << (8 * size - 1)) - 1)
-            if signed
-            else (0, (1 << (8 * size)) - 1)
-        )
-        if not low <= number <= high:
+        bounds = self._ranges.get(info.id)
+        if bounds is None:
+            bits = 8 * size
+            bounds = (-(1 << bits - 1), (1 << bits - 1) - 1) if signed else (0, (1 << bits) - 1)
+            self._ranges[info.id] = bounds
+        if not bounds[0] <= number <= bounds[1]:
             raise ConversionError(
                 f"{path}: the value {number} does not fit v2's {c_name(self.types, info.id)}; "
                 "give a transformer."
@@ -335,12 +369,9 @@ class Encoder:
         fields = value.fields if isinstance(value, StructValue) else value
         if not isinstance(fields, dict):
             raise ConversionError(f"{path}: expected a struct, got {type(value).__name__}.")
-        name = c_name(self.types, info.id)
+        name, members = self._struct_plan(info)
         old_view = View(value, self.snapshot, name) if isinstance(value, StructValue) else None
-        for member in info.members:
-            if not member.name:
-                continue
-            produce = self.transformers.for_field(name, member.name)
+        for member, produce in members:
             if produce is not None:
                 new_value = run_transformer(
                     produce, f"{name}.{member.name}", old_view, self.context
@@ -354,6 +385,17 @@ class Encoder:
                 _encode_bits(int(_scalar(new_value, where)), member, buf, offset)
             else:
                 self.encode(new_value, member.type, buf, offset + member.offset, where)
+
+    def _struct_plan(self, info: TypeInfo) -> tuple[str, list[tuple[Member, TransformerFn | None]]]:
+        """A struct's C name and its named members, each with the field transformer
+        that produces it, if any."""
+        plan = self._struct_plans.get(info.id)
+        if plan is None:
+            name = c_name(self.types, info.id)
+            produce = self.transformers.for_field
+            members = [(m, produce(name, m.name)) for m in info.members if m.name]
+            plan = self._struct_plans[info.id] = (name, members)
+        return plan
 
     def _encode_union(
         self, value: Any, info: TypeInfo, buf: bytearray, offset: int, path: str

@@ -35,15 +35,17 @@ _STOP_TIMEOUT = 5.0
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _process_vm_readv = _libc.process_vm_readv
-_process_vm_readv.argtypes = [
-    ctypes.c_int,
-    ctypes.c_void_p,
-    ctypes.c_ulong,
-    ctypes.c_void_p,
-    ctypes.c_ulong,
-    ctypes.c_ulong,
-]
-_process_vm_readv.restype = ctypes.c_ssize_t
+_process_vm_writev = _libc.process_vm_writev
+for _vm_call in (_process_vm_readv, _process_vm_writev):
+    _vm_call.argtypes = [
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_ulong,
+        ctypes.c_void_p,
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+    ]
+    _vm_call.restype = ctypes.c_ssize_t
 
 
 class _Iovec(ctypes.Structure):
@@ -512,6 +514,27 @@ class Tracee:
                     addr + done,
                 )
             done += n
+
+    def write_many(self, spans: Sequence[tuple[int, bytes]]) -> None:
+        """Write many (addr, data) spans with one process_vm_writev per 1024 spans.
+
+        A batch the call cannot write whole (read-only or unmapped pages) is written
+        span by span with write(), which reports the first span that fails.
+        """
+        for first in range(0, len(spans), _IOV_MAX):
+            batch = spans[first : first + _IOV_MAX]
+            data = b"".join(chunk for _, chunk in batch)
+            remote = array("Q")
+            for addr, chunk in batch:
+                remote.append(addr)
+                remote.append(len(chunk))
+            local = _Iovec(ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value, len(data))
+            done = _process_vm_writev(
+                self.pid, ctypes.byref(local), 1, remote.buffer_info()[0], len(batch), 0
+            )
+            if done != len(data):
+                for addr, chunk in batch:
+                    self.write(addr, chunk)
 
     def write_word(self, addr: int, value: int) -> None:
         """Write a 64-bit little-endian word (negative values in two's complement)."""

@@ -91,6 +91,7 @@ class ProcessBackend:
         self._functions: dict[str, int] = {}
         self.encoder: Encoder | None = None  # set once the restore has one
         self._scratch: int | None = None
+        self._queued: list[tuple[int, bytes]] = []
 
     def function(self, name: str) -> int:
         """Runtime address of a function of the program or of a library it loaded."""
@@ -106,6 +107,7 @@ class ProcessBackend:
     def call(self, function: str, *args: int | str | bytes) -> int:
         """Call a function in the new process; str/bytes arguments are passed as C strings
         placed in a scratch area, so nothing is left allocated after the call."""
+        self.flush()  # the function may read what was written
         values, used = [], 0
         for arg in args:
             if not isinstance(arg, str | bytes):
@@ -131,6 +133,7 @@ class ProcessBackend:
     def malloc_many(self, sizes: list[int]) -> list[int]:
         from .inject import batch_malloc
 
+        self.flush()
         return batch_malloc(self.tracee, self.gadget, self.function("malloc"), sizes)
 
     def string(self, text: str | bytes) -> int:
@@ -152,6 +155,16 @@ class ProcessBackend:
 
     def write(self, addr: int, data: bytes) -> None:
         self.tracee.write(addr, data)
+
+    def write_later(self, addr: int, data: bytes) -> None:
+        """Queue a write; queued writes land together, before the next call into the
+        process and at the latest when `flush` is called."""
+        self._queued.append((addr, data))
+
+    def flush(self) -> None:
+        """Do the queued writes, many per system call."""
+        queued, self._queued = self._queued, []
+        self.tracee.write_many(queued)
 
     def set_field(self, address: int, type_name: str, field_name: str, value: Any) -> None:
         assert self.encoder is not None
