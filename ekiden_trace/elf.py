@@ -1,4 +1,9 @@
-"""Read an ELF binary: identity, load segments, symbols and raw notes."""
+"""Read an ELF binary: identity, load segments, symbols and raw notes.
+
+The headers, notes and symbols are decoded with struct: a command that only
+plans an update reads a few of them from two binaries, and pyelftools' generic
+parser (and its import) would cost more than the rest of the plan.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,29 @@ import struct
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import SymbolTableSection
+from typing import BinaryIO, NamedTuple
 
 from .errors import BinaryError
+
+_HEADER = struct.Struct("<16sHHIQQQIHHHHHH")
+"""An Elf64_Ehdr, with the fields of _Header."""
+_SECTION = struct.Struct("<IIQQQQIIQQ")
+"""An Elf64_Shdr: sh_name, sh_type, sh_flags, sh_addr, sh_offset, sh_size, sh_link,
+sh_info, sh_addralign, sh_entsize."""
+_SEGMENT = struct.Struct("<IIQQQQQQ")
+"""An Elf64_Phdr: p_type, p_flags, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align."""
+_SYMBOL = struct.Struct("<IBBHQQ")
+"""An Elf64_Sym: st_name, st_info, st_other, st_shndx, st_value, st_size."""
+_SYMBOL_KINDS = {1: "object", 2: "function"}  # by STT_* type; others (TLS, ...) are skipped
+_MACHINES = {3: "i386", 8: "MIPS", 20: "PowerPC", 21: "PowerPC 64", 22: "S/390", 40: "ARM"}
+_MACHINES |= {62: "x86-64", 183: "AArch64", 243: "RISC-V"}
+EM_X86_64 = 62
+ET_DYN = 3
+SHT_SYMTAB, SHT_NOTE, SHT_NOBITS, SHT_DYNSYM = 2, 7, 8, 11
+SHF_WRITE, SHF_ALLOC = 0x1, 0x2
+PT_LOAD, PT_INTERP = 1, 3
+SHN_UNDEF, SHN_XINDEX = 0, 0xFFFF
+STB_LOCAL = 0
 
 
 @dataclass(frozen=True)
@@ -34,6 +56,54 @@ class Note:
     desc: bytes
 
 
+class _Header(NamedTuple):
+    """An ELF header (Elf64_Ehdr), field by field."""
+
+    ident: bytes
+    type: int
+    machine: int
+    version: int
+    entry: int
+    phoff: int
+    shoff: int
+    flags: int
+    ehsize: int
+    phentsize: int
+    phnum: int
+    shentsize: int
+    shnum: int
+    shstrndx: int
+
+
+@dataclass(frozen=True)
+class _Section:
+    """What a section header says (the fields used here)."""
+
+    name: str
+    type: int
+    flags: int
+    addr: int
+    offset: int
+    size: int
+    link: int
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """What a program header says (the fields used here)."""
+
+    type: int
+    offset: int
+    vaddr: int
+    filesz: int
+
+
+def _c_string(blob: bytes, start: int) -> str:
+    """The NUL-terminated string at start of blob (a string table), as UTF-8."""
+    end = blob.find(b"\0", start)
+    return blob[start : end if end >= 0 else None].decode("utf-8", "replace")
+
+
 class ElfBinary:
     """An x86-64 ELF file opened for reading; raises BinaryError when unusable."""
 
@@ -43,37 +113,81 @@ class ElfBinary:
             raise BinaryError(f"{self.path} does not exist; give the path of a compiled binary.")
         if not self.path.is_file():
             raise BinaryError(f"{self.path} is not a regular file; give the path of a binary.")
-        self._file = self.path.open("rb")
+        self._file: BinaryIO = self.path.open("rb")
+        self._size = self.path.stat().st_size
         try:
-            self.elf = ELFFile(self._file)
-        except ELFError:
+            self._read_headers()
+        except BinaryError:
             self._file.close()
+            raise
+
+    def __enter__(self) -> ElfBinary:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _read_headers(self) -> None:
+        """Check the ELF header and read the section and program headers."""
+        raw = self._file.read(_HEADER.size)
+        if len(raw) < _HEADER.size or raw[:4] != b"\x7fELF":
             raise BinaryError(
                 f"{self.path} is not an ELF file; give a compiled program, not a script or data."
-            ) from None
-        if self.elf["e_machine"] != "EM_X86_64":
-            machine = self.elf["e_machine"]
-            self._file.close()
-            raise BinaryError(
-                f"{self.path} is built for {machine}; ekiden-trace handles x86-64 programs only."
             )
+        header = _Header._make(_HEADER.unpack(raw))
+        bits = 64 if header.ident[4] == 2 else 32
+        if header.machine != EM_X86_64 or bits != 64 or header.ident[5] != 1:  # x32: 32-bit
+            name = _MACHINES.get(header.machine, f"machine {header.machine}")
+            raise BinaryError(
+                f"{self.path} is built for {name} ({bits}-bit); ekiden-trace handles "
+                "64-bit x86-64 programs only."
+            )
+        if (header.phnum and header.phentsize != _SEGMENT.size) or (
+            header.shoff and header.shentsize != _SECTION.size
+        ):
+            raise self._damaged()
+        self._type = header.type
+        self._sections = self._read_sections(header.shoff, header.shnum, header.shstrndx)
+        self._by_name = {section.name: section for section in self._sections}
+        table = self._read(header.phoff, header.phnum * _SEGMENT.size)
+        self._segments = [
+            _Segment(row[0], row[2], row[3], row[5]) for row in _SEGMENT.iter_unpack(table)
+        ]
         if not self._complete():
-            self._file.close()
-            raise BinaryError(f"{self.path} is truncated or damaged; rebuild or copy it again.")
+            raise self._damaged()
+
+    def _read_sections(self, offset: int, count: int, names_index: int) -> list[_Section]:
+        """The section headers, named; a count of 0 or a names index of SHN_XINDEX
+        means the real value is in section 0's header (more than 65,279 sections)."""
+        if not offset:
+            return []
+        first = _SECTION.unpack(self._read(offset, _SECTION.size))
+        count = count or first[5]
+        names_index = first[6] if names_index == SHN_XINDEX else names_index
+        rows = list(_SECTION.iter_unpack(self._read(offset, count * _SECTION.size)))
+        if names_index >= len(rows):
+            raise self._damaged()
+        names = self._read(rows[names_index][4], rows[names_index][5])
+        return [
+            _Section(_c_string(names, name), kind, flags, addr, at, size, link)
+            for name, kind, flags, addr, at, size, link, *_ in rows
+        ]
+
+    def _read(self, offset: int, size: int) -> bytes:
+        """size bytes of the file at offset; BinaryError when the file ends before."""
+        if offset + size > self._size:
+            raise self._damaged()
+        self._file.seek(offset)
+        return self._file.read(size)
+
+    def _damaged(self) -> BinaryError:
+        return BinaryError(f"{self.path} is truncated or damaged; rebuild or copy it again.")
 
     def _complete(self) -> bool:
         """Every section and segment lies within the file."""
-        size = self.path.stat().st_size
-        try:
-            extents = [
-                (sec["sh_offset"], sec["sh_size"])
-                for sec in self.elf.iter_sections()
-                if sec["sh_type"] != "SHT_NOBITS"
-            ]
-            extents += [(seg["p_offset"], seg["p_filesz"]) for seg in self.elf.iter_segments()]
-        except ELFError:
-            return False
-        return all(offset + length <= size for offset, length in extents)
+        extents = [(s.offset, s.size) for s in self._sections if s.type != SHT_NOBITS]
+        extents += [(seg.offset, seg.filesz) for seg in self._segments]
+        return all(offset + length <= self._size for offset, length in extents)
 
     def close(self) -> None:
         """Close the underlying file."""
@@ -90,41 +204,44 @@ class ElfBinary:
     @property
     def is_pie(self) -> bool:
         """True for position-independent executables and shared objects."""
-        return self.elf["e_type"] == "ET_DYN"
+        return self._type == ET_DYN
 
     @cached_property
     def first_load_vaddr(self) -> int:
         """The page-aligned link-time address of the lowest PT_LOAD segment."""
-        loads = [seg["p_vaddr"] - seg["p_offset"] for seg in self.elf.iter_segments("PT_LOAD")]
+        loads = [seg.vaddr - seg.offset for seg in self._segments if seg.type == PT_LOAD]
         return min(loads) if loads else 0
 
     @property
     def has_symtab(self) -> bool:
         """True when the full symbol table (.symtab) is present (not stripped)."""
-        return self.elf.get_section_by_name(".symtab") is not None
+        return ".symtab" in self._by_name
 
     @property
     def has_debug_info(self) -> bool:
         """True when DWARF .debug_info is present."""
-        return self.elf.get_section_by_name(".debug_info") is not None
+        return ".debug_info" in self._by_name
 
     @cached_property
     def interpreter(self) -> str | None:
         """The program interpreter (ld.so) path, or None for static binaries."""
-        for seg in self.elf.iter_segments("PT_INTERP"):
-            return seg.get_interp_name()
+        for seg in self._segments:
+            if seg.type == PT_INTERP:
+                return _c_string(self._read(seg.offset, seg.filesz), 0)
         return None
 
     def section_address(self, name: str) -> int | None:
         """The link-time address of a section, or None when absent."""
-        section = self.elf.get_section_by_name(name)
-        return None if section is None else section["sh_addr"]
+        section = self._by_name.get(name)
+        return None if section is None else section.addr
 
     def notes(self) -> list[Note]:
         """All notes of all SHT_NOTE sections, decoded by hand (owner name matters, not type)."""
         found: list[Note] = []
-        for section in self.elf.iter_sections("SHT_NOTE"):
-            data = section.data()
+        for section in self._sections:
+            if section.type != SHT_NOTE:
+                continue
+            data = self._read(section.offset, section.size)
             pos = 0
             while pos + 12 <= len(data):
                 namesz, descsz, ntype = struct.unpack_from("<III", data, pos)
@@ -138,24 +255,28 @@ class ElfBinary:
 
     def symbols(self) -> list[Symbol]:
         """Defined function and object symbols, from .symtab or else .dynsym."""
-        table = self.elf.get_section_by_name(".symtab") or self.elf.get_section_by_name(".dynsym")
-        if not isinstance(table, SymbolTableSection):
+        table = self._by_name.get(".symtab") or self._by_name.get(".dynsym")
+        if table is None or table.type not in (SHT_SYMTAB, SHT_DYNSYM):
             return []
-        kinds = {"STT_FUNC": "function", "STT_OBJECT": "object", "STT_TLS": None}
+        if table.link >= len(self._sections):
+            raise self._damaged()
+        strings = self._sections[table.link]
+        names = self._read(strings.offset, strings.size)
+        data = self._read(table.offset, table.size - table.size % _SYMBOL.size)
         symbols = []
-        for sym in table.iter_symbols():
-            kind = kinds.get(sym["st_info"]["type"])
-            if kind is None or sym["st_shndx"] == "SHN_UNDEF" or not sym.name:
+        for name_at, info, _other, shndx, value, size in _SYMBOL.iter_unpack(data):
+            kind = _SYMBOL_KINDS.get(info & 0xF)
+            if kind is None or shndx == SHN_UNDEF:
                 continue
-            local = sym["st_info"]["bind"] == "STB_LOCAL"
-            symbols.append(Symbol(sym.name, sym["st_value"], sym["st_size"], kind, local))
+            name = _c_string(names, name_at)
+            if name:
+                symbols.append(Symbol(name, value, size, kind, info >> 4 == STB_LOCAL))
         return symbols
 
     def readonly_ranges(self) -> list[tuple[int, int]]:
         """Link-time address ranges of loaded, non-writable sections (code and rodata)."""
-        ranges = []
-        for section in self.elf.iter_sections():
-            flags = section["sh_flags"]
-            if flags & 0x2 and not flags & 0x1 and section["sh_size"]:  # ALLOC, not WRITE
-                ranges.append((section["sh_addr"], section["sh_addr"] + section["sh_size"]))
-        return sorted(ranges)
+        return sorted(
+            (s.addr, s.addr + s.size)
+            for s in self._sections
+            if s.flags & SHF_ALLOC and not s.flags & SHF_WRITE and s.size
+        )

@@ -6,8 +6,13 @@ prints it and `attach` refuses to start when it has blocking problems.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
+from functools import cache, partial
+from pathlib import Path
+from typing import Any
 
+from .dwarf.cache import load_or_build, store
 from .dwarf.types import TypeInfo, c_name, get, strip
 from .program import Program, TaggedVariable
 from .snapshot import (
@@ -25,6 +30,8 @@ from .snapshot import (
 from .xform import Transformers
 
 INT_ENCODINGS = ("signed", "unsigned", "signed_char", "unsigned_char", "bool")
+PLAN_FORMAT = 1
+"""Version of the cached plan layout (see plan_update)."""
 
 
 @dataclass
@@ -64,36 +71,87 @@ def _under(path: str, problem: str) -> str:
     return f"{path}{problem}" if problem[0] in ".*[" else f"{path}: {problem}"
 
 
+Request = tuple[int, int, str]
+"""A pair of types to compare, (v1 type id, v2 type id), and the path that leads to it."""
+
+Comparison = Generator[Request, list[str], list[str]]
+"""A comparison in progress: it yields each pair it depends on, is sent that pair's
+problems, and returns its own."""
+
+
+class _Types:
+    """The types of one version, with the names and stripped ids asked for memoised."""
+
+    def __init__(self, types: dict[int, TypeInfo]) -> None:
+        self.types = types
+        self.name = cache(partial(c_name, types))
+        self.strip = cache(partial(strip, types))
+
+    def underlying(self, tid: int | None) -> TypeInfo:
+        """The type past typedefs and qualifiers."""
+        return get(self.types, self.strip(tid))
+
+
 class TypeMatcher:
-    """Compares a v1 type with a v2 type, recursively, with memoisation and cycle safety."""
+    """Compares a v1 type with a v2 type, with memoisation and cycle safety.
+
+    Nested types are compared depth first on an explicit stack, not by recursion,
+    so a chain of thousands of types (each pointing to the next) fits.
+    """
 
     def __init__(self, old: Program, new: Program, transformers: Transformers) -> None:
-        self.old_types: dict[int, TypeInfo] = old.index.types
-        self.new_types: dict[int, TypeInfo] = new.index.types
-        self.new = new
+        self.old = _Types(old.index.types)
+        self.new = _Types(new.index.types)
         self.transformers = transformers
         self.notes: dict[str, list[str]] = {}
         self._memo: dict[tuple[int, int], list[str]] = {}
 
     def problems(self, old_tid: int, new_tid: int, path: str) -> list[str]:
         """Why values of old_tid cannot be converted to new_tid automatically (empty: they can)."""
-        old_id, new_id = strip(self.old_types, old_tid), strip(self.new_types, new_tid)
-        key = (old_id, new_id)
+        key = self._key(old_tid, new_tid)
         if key not in self._memo:
-            self._memo[key] = []  # assume compatible while recursing (pointer cycles)
-            self._memo[key] = self._compare(
-                get(self.old_types, old_id), get(self.new_types, new_id)
-            )
+            self._compare_from(key)
+        return self._found(key, path)
+
+    def _key(self, old_tid: int, new_tid: int) -> tuple[int, int]:
+        return self.old.strip(old_tid), self.new.strip(new_tid)
+
+    def _found(self, key: tuple[int, int], path: str) -> list[str]:
+        """The memoised problems of a pair, under path."""
         return [_under(path, problem) for problem in self._memo[key]]
+
+    def _begin(self, key: tuple[int, int]) -> Comparison:
+        self._memo[key] = []  # assumed compatible while in progress (pointer cycles)
+        return self._compare(get(self.old.types, key[0]), get(self.new.types, key[1]))
+
+    def _compare_from(self, key: tuple[int, int]) -> None:
+        """Compare a pair and, depth first, every pair it depends on; memoise each."""
+        stack = [(key, "", self._begin(key))]
+        answer: list[str] | None = None  # what the comparison on top is sent next
+        while stack:
+            current, path, comparison = stack[-1]
+            try:
+                old_tid, new_tid, nested_path = comparison.send(answer)
+            except StopIteration as finished:
+                stack.pop()
+                self._memo[current] = finished.value
+                answer = self._found(current, path)
+                continue
+            nested = self._key(old_tid, new_tid)
+            if nested in self._memo:
+                answer = self._found(nested, nested_path)
+            else:
+                stack.append((nested, nested_path, self._begin(nested)))
+                answer = None  # a comparison starts with None
 
     def _note(self, type_name: str, note: str) -> None:
         notes = self.notes.setdefault(type_name, [])
         if note not in notes:
             notes.append(note)
 
-    def _compare(self, old: TypeInfo, new: TypeInfo) -> list[str]:
-        old_name = c_name(self.old_types, old.id)
-        new_name = c_name(self.new_types, new.id)
+    def _compare(self, old: TypeInfo, new: TypeInfo) -> Comparison:
+        old_name = self.old.name(old.id)
+        new_name = self.new.name(new.id)
         if self.transformers.for_type(old_name) is not None:
             self._note(old_name, "converted by a type transformer")
             return []
@@ -112,13 +170,13 @@ class TypeMatcher:
                 self._note(old_name, f"size {old.size} -> {new.size} bytes")
             return []
         if old.kind == "pointer":
-            return self._compare_pointer(old, new)
+            return (yield from self._compare_pointer(old, new))
         if old.kind in ("struct", "union"):
-            return self._compare_members(old, new, old_name)
+            return (yield from self._compare_members(old, new, old_name))
         if old.kind == "array":
             if old.count != new.count:
                 self._note(old_name, f"array {old.count} -> {new.count} elements")
-            return self.problems(old.target or -1, new.target or -1, "[]")
+            return (yield (old.target or -1, new.target or -1, "[]"))
         return []
 
     def _compare_base(
@@ -131,11 +189,11 @@ class TypeMatcher:
         return []  # size changes are noted where they stand (a field, or the variable)
 
     def _note_field_type(self, type_name: str, name: str, old_tid: int, new_tid: int) -> None:
-        old, new = c_name(self.old_types, old_tid), c_name(self.new_types, new_tid)
+        old, new = self.old.name(old_tid), self.new.name(new_tid)
         if old == new:
             return
-        old_size = get(self.old_types, strip(self.old_types, old_tid)).size or 0
-        new_size = get(self.new_types, strip(self.new_types, new_tid)).size or 0
+        old_size = self.old.underlying(old_tid).size or 0
+        new_size = self.new.underlying(new_tid).size or 0
         how = (
             "narrowed, checked per value"
             if new_size < old_size
@@ -145,18 +203,18 @@ class TypeMatcher:
         )
         self._note(type_name, f"field {name}: {old} -> {new} ({how})")
 
-    def _compare_pointer(self, old: TypeInfo, new: TypeInfo) -> list[str]:
-        old_to = get(self.old_types, strip(self.old_types, old.target))
-        new_to = get(self.new_types, strip(self.new_types, new.target))
+    def _compare_pointer(self, old: TypeInfo, new: TypeInfo) -> Comparison:
+        old_to = self.old.underlying(old.target)
+        new_to = self.new.underlying(new.target)
         if old_to.kind == "function" or new_to.kind == "function":
             if old_to.kind != new_to.kind:
                 return ["a function pointer became a data pointer; give a transformer"]
             return []
         if old_to.kind == "void" or new_to.kind == "void":
             return []  # followed only with a hint; checked per value at capture
-        return self.problems(old_to.id, new_to.id, "*")
+        return (yield (old_to.id, new_to.id, "*"))
 
-    def _compare_members(self, old: TypeInfo, new: TypeInfo, type_name: str) -> list[str]:
+    def _compare_members(self, old: TypeInfo, new: TypeInfo, type_name: str) -> Comparison:
         old_fields = {m.name: m for m in old.members if m.name}
         new_fields = {m.name: m for m in new.members if m.name}
         found: list[str] = []
@@ -164,7 +222,7 @@ class TypeMatcher:
             if name not in new_fields:
                 self._note(type_name, f"field {name} removed (dropped)")
                 continue
-            found += self.problems(member.type, new_fields[name].type, f".{name}")
+            found += yield (member.type, new_fields[name].type, f".{name}")
             self._note_field_type(type_name, name, member.type, new_fields[name].type)
         for name in new_fields:
             if name in old_fields:
@@ -210,7 +268,80 @@ def _counterparts(old: Program, new: Program) -> dict[str, TaggedVariable]:
 
 
 def plan_update(old: Program, new: Program, transformers: Transformers) -> UpdatePlan:
-    """Map every tagged variable of old onto new; nothing here touches a process."""
+    """Map every tagged variable of old onto new; nothing here touches a process.
+
+    The plan is cached on disk per pair of binaries, with what else it was computed
+    from: the transformers' names and the code of ekiden-trace (see _plan_inputs).
+    """
+    inputs = _plan_inputs(transformers)
+    key = f"{old.build_id}-{new.build_id}-plan"
+
+    def build() -> dict[str, Any]:
+        return {"inputs": inputs, "plan": _to_cache(_compute_plan(old, new, transformers))}
+
+    data = load_or_build(key, build)
+    if data.get("inputs") != inputs:  # computed by other code, or with other transformers
+        data = build()
+        store(key, data)
+    return _from_cache(old, new, data["plan"])
+
+
+def _plan_inputs(transformers: Transformers) -> dict[str, Any]:
+    """What a plan depends on besides the two binaries, as JSON: the names that have
+    transformers, and each module of ekiden-trace with its mtime and size (the check
+    Python makes on its bytecode caches), so that changed code never reuses a plan."""
+    package = Path(__file__).resolve().parent
+    code = []
+    for module in sorted(package.rglob("*.py")):
+        stat = module.stat()
+        code.append([str(module.relative_to(package)), stat.st_mtime_ns, stat.st_size])
+    names = [
+        sorted(transformers.variables),
+        sorted(transformers.types),
+        sorted([type_name, field_name] for type_name, field_name in transformers.fields),
+    ]
+    return {"format": PLAN_FORMAT, "code": code, "transformers": names}
+
+
+def _to_cache(plan: UpdatePlan) -> dict[str, Any]:
+    """A plan as JSON, its tagged variables by key."""
+    variables = [
+        [
+            v.key,
+            v.name,
+            v.old.key if v.old is not None else None,
+            v.new.key if v.new is not None else None,
+            v.action,
+            v.notes,
+            v.problems,
+        ]
+        for v in plan.variables
+    ]
+    return {"variables": variables, "type_notes": plan.type_notes}
+
+
+def _from_cache(old: Program, new: Program, data: dict[str, Any]) -> UpdatePlan:
+    """The plan of _to_cache, its tagged variables found again in the two programs."""
+    old_tags = {t.key: t for t in old.tags}
+    new_tags = {t.key: t for t in new.tags}
+    variables = [
+        VariablePlan(
+            key,
+            name,
+            old_tags[old_key] if old_key is not None else None,
+            new_tags[new_key] if new_key is not None else None,
+            action,
+            notes,
+            problems,
+        )
+        for key, name, old_key, new_key, action, notes, problems in data["variables"]
+    ]
+    problems = [p for v in variables for p in v.problems]
+    return UpdatePlan(old, new, variables, data["type_notes"], problems)
+
+
+def _compute_plan(old: Program, new: Program, transformers: Transformers) -> UpdatePlan:
+    """The plan itself: each tagged variable of old, its counterpart and its problems."""
     matcher = TypeMatcher(old, new, transformers)
     counterparts = _counterparts(old, new)
     unmatched = {t.key: t for t in new.tags if t not in counterparts.values()}
@@ -245,6 +376,35 @@ def plan_update(old: Program, new: Program, transformers: Transformers) -> Updat
     return UpdatePlan(old, new, variables, matcher.notes, problems)
 
 
+def _is_suspect(pointer: Pointer, symbols: dict) -> bool:
+    """A pointer check_snapshot may report: unexplained, or to a symbol v2 lacks."""
+    target = pointer.target
+    if isinstance(target, Unfollowed):
+        return target.reason != "opaque" and pointer.addr != 0
+    if isinstance(target, FunctionRef | GlobalRef):
+        symbol = target.symbol or "?"
+        return "@" not in symbol and symbol not in symbols
+    return False
+
+
+def _may_have_problems(snapshot: Snapshot, symbols: dict) -> bool:
+    """A quick scan of every captured value, without the paths that messages need."""
+    stack: list[Value | None] = [v.value for v in snapshot.variables]
+    stack += [obj.value for obj in snapshot.objects.values() if obj.string is None]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Pointer):
+            if _is_suspect(item, symbols):
+                return True
+        elif isinstance(item, StructValue):
+            stack += item.fields.values()
+        elif isinstance(item, UnionValue) and item.active:
+            stack += item.members.values()
+        elif isinstance(item, ArrayValue):
+            stack += item.items
+    return False
+
+
 def check_snapshot(plan: UpdatePlan, snapshot: Snapshot) -> list[str]:
     """Pointers of the captured state that cannot be carried over, with their paths.
 
@@ -254,6 +414,8 @@ def check_snapshot(plan: UpdatePlan, snapshot: Snapshot) -> list[str]:
     the exec, so a refusal leaves v1 untouched.
     """
     new_symbols = plan.new.symbols.by_name
+    if not _may_have_problems(snapshot, new_symbols):
+        return []
     transferred = {
         v.old.key for v in plan.variables if v.old is not None and v.action == "transfer"
     }
@@ -266,15 +428,15 @@ def check_snapshot(plan: UpdatePlan, snapshot: Snapshot) -> list[str]:
             item, where = stack.pop()
             if isinstance(item, Pointer):
                 target = item.target
-                if isinstance(target, Unfollowed) and target.reason != "opaque" and item.addr:
+                if isinstance(target, Unfollowed) and _is_suspect(item, new_symbols):
                     problems.append(
                         f"{where} points to {item.addr:#x} ({target.reason}); add a hint "
                         "(EKIDEN_HINT_*) or a transformer"
                     )
-                elif isinstance(target, FunctionRef | GlobalRef) and check_symbols:
-                    symbol = target.symbol or "?"
-                    if "@" not in symbol and symbol not in new_symbols:
-                        problems.append(f"{where} points to {symbol}, which v2 does not have")
+                elif check_symbols and _is_suspect(item, new_symbols):
+                    problems.append(
+                        f"{where} points to {target.symbol or '?'}, which v2 does not have"
+                    )
                 elif isinstance(target, ObjectRef) and target.object_id not in seen:
                     seen.add(target.object_id)
                     obj = snapshot.objects[target.object_id]

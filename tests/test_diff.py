@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import stat
 import subprocess
 import textwrap
 from pathlib import Path
 
 from clients import fixture_binary
-from conftest import REPO, run_tool
+from conftest import REPO, run_tool, tool_json
 
 XFORMS = REPO / "fixtures" / "kvstore"
 
@@ -103,3 +104,61 @@ def test_removed_enumerator_and_changed_field_need_transformers(tmp_path: Path) 
     fixed = diff(old, new, "--xform", str(xform))
     assert fixed.returncode == 0, fixed.stdout
     assert "converted by a type transformer" in fixed.stdout
+
+
+def chain_program(types: int, last_fields: str) -> str:
+    """C source of `types` struct types, each pointing to the next, the first one tagged."""
+    parts = ['#include "ekiden.h"\n']
+    parts += [f"struct t{i} {{ struct t{i + 1} *next; int value; }};\n" for i in range(types - 1)]
+    parts.append(f"struct t{types - 1} {{ {last_fields} }};\n")
+    parts.append(
+        "struct t0 head;\n"
+        "int main(void) {\n"
+        "    (void)EKIDEN_TAG(head);\n"
+        "    for (;;) { EKIDEN_UPDATE_POINT(top); }\n"
+        "}\n"
+    )
+    return "".join(parts)
+
+
+def test_thousands_of_nested_types(tmp_path: Path) -> None:
+    """A chain of 2,000 types is compared to its end (it used to exhaust Python's stack)."""
+    types = 2000
+    old = build(tmp_path, "old", chain_program(types, "int value;"))
+    grown = build(tmp_path, "grown", chain_program(types, "int value; long extra;"))
+    changed = build(tmp_path, "changed", chain_program(types, "struct { int x; } value;"))
+
+    plan = tool_json("diff", str(old), str(grown))
+    assert plan["ok"] is True
+    assert plan["types"][f"struct t{types - 1}"] == ["field extra added (keeps v2's initial value)"]
+
+    result = diff(old, changed)
+    assert result.returncode == 10, result.stderr
+    path = "head" + ".next*" * (types - 1) + ".value"
+    assert f"{path}: int became struct {{...}}; give a transformer" in result.stdout
+
+
+def test_plan_is_cached_until_the_transformers_change(tmp_path: Path) -> None:
+    old = build(tmp_path, "old", PROGRAM.format(enumerators="RED, GREEN", fields="int a;"))
+    new = build(tmp_path, "new", PROGRAM.format(enumerators="RED", fields="int a;"))
+    cache = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    first = run_tool("diff", str(old), str(new), env=cache)
+    assert first.returncode == 10
+    [entry] = (tmp_path / "cache" / "ekiden-trace").glob("*-plan.json")
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+    written = entry.stat().st_mtime_ns
+
+    again = run_tool("diff", str(old), str(new), env=cache)
+    assert again.stdout == first.stdout
+    assert entry.stat().st_mtime_ns == written  # read, not computed again
+
+    xform = tmp_path / "fix.py"
+    xform.write_text(
+        "from ekiden_trace.xform import type_\n"
+        "@type_('enum colour')\n"
+        "def colour(old, ctx):\n"
+        "    return 'RED'\n"
+    )
+    fixed = run_tool("diff", str(old), str(new), "--xform", str(xform), env=cache)
+    assert fixed.returncode == 0, fixed.stdout
+    assert "enum colour: converted by a type transformer" in fixed.stdout

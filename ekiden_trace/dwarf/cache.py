@@ -10,18 +10,15 @@ never leaves a half-written entry behind.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import NoteSection
+from ..elf import ElfBinary
+from ..errors import BinaryError
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 
@@ -73,6 +70,8 @@ def load_or_build(key: str, builder: Callable[[], dict[str, Any]]) -> dict[str, 
 
 def store(key: str, data: dict[str, Any]) -> None:
     """Write data as the entry for key, atomically, with mode 0600."""
+    import tempfile  # only when an entry is written: a warm run never needs it
+
     path = _entry_path(key)
     fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=path.parent)
     try:
@@ -91,6 +90,8 @@ def file_key(path: str | os.PathLike[str]) -> str:
     build_id = read_build_id(path)
     if build_id:
         return build_id
+    import hashlib  # only for files without a build-id
+
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -99,15 +100,9 @@ def file_key(path: str | os.PathLike[str]) -> str:
 
 
 def read_build_id(path: str | os.PathLike[str]) -> str | None:
-    """Return the hex GNU build-id of an ELF file, or None if it has none."""
+    """Return the hex GNU build-id of an x86-64 ELF file, or None if it has none."""
     try:
-        with open(path, "rb") as f:
-            section = ELFFile(f).get_section_by_name(".note.gnu.build-id")
-            if not isinstance(section, NoteSection):
-                return None
-            for note in section.iter_notes():
-                if note["n_name"] == "GNU" and note["n_type"] == "NT_GNU_BUILD_ID":
-                    return str(note["n_desc"])
-    except ELFError:
+        with ElfBinary(path) as binary:
+            return binary.build_id
+    except BinaryError:
         return None
-    return None

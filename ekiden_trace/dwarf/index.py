@@ -15,9 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from elftools.elf.elffile import ELFFile
-
-from .build import build_index
+from ..elf import ElfBinary
 from .cache import file_key, load_or_build, store
 from .model import Function, LazyVariables, Location, Scope, Variable
 from .types import VOID, VOID_ID, TypeInfo, normalize_base_name
@@ -31,15 +29,30 @@ _STATIC_SCOPES = frozenset({"global", "file_static", "function_static"})
 _TAGS = ("struct", "union", "enum")
 
 
+def build_index(path: str) -> dict[str, Any]:
+    """The cold pass of build.py, imported only when an index is built: it brings
+    pyelftools' DWARF reader, which a warm run never needs."""
+    from . import build
+
+    return build.build_index(path)
+
+
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """Pause the cyclic GC: building or decoding an index allocates millions of
-    acyclic objects, and collections triggered by them double the time."""
+    acyclic objects, and collections triggered by them double the time.
+
+    On the way out the objects allocated so far are frozen (moved out of the
+    collector's reach): the index lives as long as the tool, and the collector
+    would otherwise walk all of it twice more, as it promotes it to older
+    generations, which costs as much as decoding the cached index.
+    """
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        gc.freeze()
         if enabled:
             gc.enable()
 
@@ -99,8 +112,8 @@ class DebugIndex:
         """Index the ELF file at path, from the on-disk cache when possible."""
         path = os.fspath(path)
         build_id = file_key(path)
-        with open(path, "rb") as f:
-            has_debug_info = ELFFile(f).get_section_by_name(".debug_info") is not None
+        with ElfBinary(path) as binary:
+            has_debug_info = binary.has_debug_info
         if not has_debug_info:
             return cls(path, build_id, {"has_debug_info": False})
         key = f"{build_id}-dwarf-v{FORMAT}"

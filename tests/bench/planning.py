@@ -42,7 +42,8 @@ def _debug_info_bytes(binary: Path) -> int:
 
 
 class _Timer:
-    """Timed runs of one command; `cold` uses a fresh cache directory, `warm` the last one."""
+    """Timed runs of one command; `cold` uses a fresh cache directory, `warm` the last one,
+    `replan` the last one without its cached plans (the DWARF indexes stay)."""
 
     def __init__(self, directory: Path, *args: str) -> None:
         self.directory = directory
@@ -68,6 +69,13 @@ class _Timer:
             self.cold()
         return self._timed()
 
+    def replan(self) -> float:
+        if self.cache is None:
+            self.cold()
+        for entry in (self.cache / "ekiden-trace").glob("*-plan.json"):
+            entry.unlink()
+        return self._timed()
+
 
 def run(s: Settings) -> SectionResult:
     """points and diff, cold and warm, interleaved."""
@@ -79,7 +87,9 @@ def run(s: Settings) -> SectionResult:
         size = _debug_info_bytes(v1)
         points = _Timer(directory, "points", str(v1))
         diff = _Timer(directory, "diff", str(v1), str(v2))
-        samples = interleaved(s.planning_repeats, points.cold, points.warm, diff.cold, diff.warm)
+        samples = interleaved(
+            s.planning_repeats, points.cold, points.warm, diff.cold, diff.warm, diff.replan
+        )
     result.add(
         Row(
             SECTION,
@@ -88,9 +98,8 @@ def run(s: Settings) -> SectionResult:
             f".debug_info {size / 1e6:.2f} MB",
         )
     )
-    for name, values in zip(
-        ("points, cold", "points, warm", "diff, cold", "diff, warm"), samples, strict=True
-    ):
+    names = ("points, cold", "points, warm", "diff, cold", "diff, warm", "diff, warm, new plan")
+    for name, values in zip(names, samples, strict=True):
         summary = summarize(values)
         warm = name.endswith("warm")
         result.add(
@@ -114,7 +123,9 @@ def run(s: Settings) -> SectionResult:
         f"with `gcc -g -O2 -I probes`. Each figure is the wall time of the whole command "
         f"(`python -m ekiden_trace points V1`, `... diff V1 V2`), Python's start-up "
         f"included, as a user would see it: cold with XDG_CACHE_HOME set to a fresh empty "
-        f"directory, warm running again with that cache "
-        f"filled. The four kinds are interleaved in rotating order."
+        f"directory, warm running again with that cache filled (the DWARF indexes of both "
+        f'binaries and the plan of the pair), and "warm, new plan" with the DWARF indexes '
+        f"cached but the plan removed (what a new transformer file or a new version of "
+        f"ekiden-trace costs). The five kinds are interleaved in rotating order."
     )
     return result
