@@ -61,7 +61,7 @@ class CaptureLimit(EkidenError):
     """The state graph is larger than the tool is willing to read."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Follow:
     """A pointer waiting to be followed: what it points to and how."""
 
@@ -331,7 +331,8 @@ class Capturer:
         """A pointer value, queued to be followed with the next level."""
         pointer = Pointer(addr)
         pointee = info.target if info.target is not None else -1
-        self._queue.append(_Follow(pointer, pointee, hint, self._hinted_count(hint, siblings)))
+        count = None if hint is None else self._hinted_count(hint, siblings)
+        self._queue.append(_Follow(pointer, pointee, hint, count))
         return pointer
 
     def _decode_union(
@@ -472,12 +473,16 @@ class Capturer:
                 "stop following pointers that are not state (EKIDEN_HINT_OPAQUE)."
             )
         name = "char" if type_id == CHAR_TYPE else self._type_name(type_id)
-        obj = HeapObject(len(self.objects) + 1, addr, name, count, type_id)
-        self.objects[obj.id] = obj
-        self._extents[obj.id] = max(extent, 1)
-        self._by_start[addr] = obj.id
-        for line in range(addr >> LINE_SHIFT, (addr + max(extent, 1) - 1 >> LINE_SHIFT) + 1):
-            self._by_line.setdefault(line, []).append(obj.id)
+        oid = len(self.objects) + 1
+        obj = self.objects[oid] = HeapObject(oid, addr, name, count, type_id)
+        extent = self._extents[oid] = max(extent, 1)
+        self._by_start[addr] = oid
+        by_line = self._by_line
+        for line in range(addr >> LINE_SHIFT, (addr + extent - 1 >> LINE_SHIFT) + 1):
+            if line in by_line:
+                by_line[line].append(oid)
+            else:
+                by_line[line] = [oid]
         return obj
 
     def _object_at(self, addr: int) -> tuple[HeapObject, int] | None:

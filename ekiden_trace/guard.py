@@ -1,7 +1,11 @@
 """The guardian: a second process that finishes an update when the tool dies during it.
 
 The tool starts it before the pause and hands it the captured state once it
-has it.  If the tool then ends without saying "done" (it was killed), the
+has it: a small state is written at once; a large one is written by a forked
+copy of the tool, so that the pause does not wait for it (a fork costs a few
+milliseconds, pickling costs microseconds per heap object), and the guardian
+waits for the file if it ever needs it.  If the tool then ends without
+saying "done" (it was killed), the
 guardian seizes the target: a new version still marked as being updated
 (`guarded` in its control block) is waiting in a mark, half-restored, so the
 guardian execs the old version again and restores the old state into it.
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import time
@@ -23,6 +28,8 @@ from .faults import KILL_ENV
 from .snapshot import Snapshot
 
 SEIZE_PATIENCE = 10.0
+STATE_PATIENCE = 300.0  # how long the guardian waits for a state still being written
+INLINE_OBJECTS = 2_000  # up to this many heap objects, the state is written during the pause
 
 
 @dataclass
@@ -53,15 +60,20 @@ class Guardian:
             env=env,
         )
         self._state: Path | None = None
+        self._writer: int | None = None  # the forked copy writing a large state
 
     def hand_over(self, state: GuardState) -> None:
         """Give the guardian what it needs to roll the target back."""
         directory = cache_dir() / "guard"
         directory.mkdir(mode=0o700, exist_ok=True)
         self._state = directory / f"{state.pid}-{os.getpid()}.pickle"
-        fd = os.open(self._state, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(state, f)
+        # The partial file exists from here on, so the guardian knows the state is coming.
+        fd = os.open(_partial(self._state), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        if len(state.snapshot.objects) <= INLINE_OBJECTS:
+            _write_state(fd, self._state, state)
+        else:
+            self._writer = _fork_writer(fd, self._state, state)
+            os.close(fd)
         self._send(f"state {self._state}\n")
 
     def done(self) -> None:
@@ -73,8 +85,12 @@ class Guardian:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        if self._writer is not None:
+            os.kill(self._writer, signal.SIGKILL)  # the state is no longer needed
+            os.waitpid(self._writer, 0)
         if self._state is not None:
             self._state.unlink(missing_ok=True)
+            _partial(self._state).unlink(missing_ok=True)
 
     def _send(self, line: str) -> None:
         assert self.proc.stdin is not None
@@ -83,6 +99,45 @@ class Guardian:
             self.proc.stdin.flush()
         except BrokenPipeError:
             pass  # the guardian is gone: the update goes on without a safety net
+
+
+def _partial(path: Path) -> Path:
+    return path.with_suffix(".part")
+
+
+def _write_state(fd: int, path: Path, state: GuardState) -> None:
+    """Write the state into `fd`, open on path's partial file; rename it to `path` when
+    complete, so that `path` never exists half-written."""
+    with os.fdopen(fd, "wb") as f:
+        pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
+    os.rename(_partial(path), path)
+
+
+def _fork_writer(fd: int, path: Path, state: GuardState) -> int:
+    """Fork a copy of the tool that writes the state and exits; its pid."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setsid()  # a Ctrl-C or a kill of the tool's group does not stop it
+            _write_state(fd, path, state)
+            code = 0
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _wait_for_state(path: Path) -> GuardState | None:
+    """The state at `path`, waiting while a forked writer may still be writing it."""
+    deadline = time.monotonic() + STATE_PATIENCE
+    while not path.exists():
+        if not _partial(path).exists() or time.monotonic() > deadline:
+            return None
+        time.sleep(0.01)
+    with path.open("rb") as f:
+        state: GuardState = pickle.load(f)
+    path.unlink(missing_ok=True)
+    return state
 
 
 def run_guardian() -> int:
@@ -95,9 +150,14 @@ def run_guardian() -> int:
             return 0
     if state_file is None:
         return 0  # the tool died before the capture: the old version was never touched
-    with state_file.open("rb") as f:
-        state: GuardState = pickle.load(f)
-    state_file.unlink(missing_ok=True)
+    state = _wait_for_state(state_file)
+    if state is None:
+        print(
+            f"ekiden-trace guardian: the state of the update was never written ({state_file}); "
+            "if the process is stuck in its new version, restart the service.",
+            file=sys.stderr,
+        )
+        return 1
     try:
         rescued = rescue(state)
     except EkidenError as exc:
