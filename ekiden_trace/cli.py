@@ -199,8 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     attach.add_argument("--json", action="store_true", help="print the report as JSON")
     attach.set_defaults(run=_cmd_attach)
 
-    guard = sub.add_parser("_guard")  # internal: the guardian of one update (see guard.py)
+    # Internal commands start with "_", like the guardian of one update (see guard.py). A
+    # parser without help is not listed under the commands, and the metavar leaves it out
+    # of the usage line.
+    guard = sub.add_parser("_guard")
     guard.set_defaults(run=_cmd_guard)
+    sub.metavar = "{" + ",".join(name for name in sub.choices if not name.startswith("_")) + "}"
     return parser
 
 
