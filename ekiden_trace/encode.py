@@ -264,6 +264,9 @@ class Encoder:
         if type(value) is int and info.kind in ("base", "enum") and info.encoding != "float":
             self._encode_integer(value, info, buf, offset, path)
             return
+        if type(value) is Pointer and info.kind == "pointer":
+            struct.pack_into("<Q", buf, offset, self._pointer(value, info, path))
+            return
         if isinstance(value, View):
             value = value.raw
         old_type = getattr(value, "type_name", None)
@@ -319,21 +322,11 @@ class Encoder:
         buf[offset : offset + size] = number.to_bytes(size, "little", signed=signed)
 
     def _pointer(self, value: Any, info: TypeInfo, path: str) -> int:
-        if value is None or value == 0:
-            return 0
-        if isinstance(value, int):
-            return value  # an address in the new process, e.g. from ctx.call
-        if isinstance(value, New):
-            if value not in self.addresses:
-                self.materialise([(value, info.id)])
-            return self.addresses[value]
-        if isinstance(value, str | bytes):
-            return self.backend.string(value)
         if not isinstance(value, Pointer):
-            raise ConversionError(f"{path}: a pointer cannot be made from {type(value).__name__}.")
-        target = value.target
+            return self._made_pointer(value, info, path)
         if value.addr == 0:
             return 0
+        target = value.target
         if isinstance(target, ObjectRef):
             obj = self.snapshot.objects[target.object_id]
             if obj.id not in self.addresses:
@@ -353,6 +346,20 @@ class Encoder:
             f"{path}: a pointer to {value.addr:#x} ({reason}) cannot be carried over; "
             "add a hint or a transformer."
         )
+
+    def _made_pointer(self, value: Any, info: TypeInfo, path: str) -> int:
+        """A pointer a transformer gave as something other than an old pointer."""
+        if value is None or value == 0:
+            return 0
+        if isinstance(value, int):
+            return value  # an address in the new process, e.g. from ctx.call
+        if isinstance(value, New):
+            if value not in self.addresses:
+                self.materialise([(value, info.id)])
+            return self.addresses[value]
+        if isinstance(value, str | bytes):
+            return self.backend.string(value)
+        raise ConversionError(f"{path}: a pointer cannot be made from {type(value).__name__}.")
 
     def _scaled_offset(self, obj: HeapObject, offset: int, path: str) -> int:
         """Map an interior offset of an old object onto the new element size."""
