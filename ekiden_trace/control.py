@@ -16,6 +16,8 @@ from .process import Tracee
 MAGIC = 0x4E444B45
 ABI_VERSION = 1
 KIND_POINT, KIND_TAG = 1, 2
+# The marks' slow path: the function a mark stops in, whose `syscall`s raise the stop signal.
+STOP_FUNCTION = "ekiden__stop"
 
 OFF_MAGIC = 0
 OFF_ARMED = 8
@@ -86,8 +88,7 @@ class ControlBlock:
     def arm(self, signo: int) -> None:
         """Make the next mark stop the program with `signo` (one shot)."""
         self._write_int(OFF_KIND, 0)
-        self._write_int(OFF_SIGNO, signo)
-        self._write_int(OFF_ARMED, 1)
+        self.tracee.write(self.address + OFF_ARMED, struct.pack("<ii", 1, signo))
 
     def disarm(self) -> None:
         """Return every mark to its fast path."""
@@ -106,11 +107,16 @@ class ControlBlock:
         """What the tag being served returns: 0 = value written, 1 = initialise normally."""
         self._write_int(OFF_ANSWER, value)
 
-    def mark_updating(self, point: str) -> None:
-        """Tell a freshly exec'd program it was started by an update at `point`."""
+    def begin_update(self, point: str, signo: int) -> None:
+        """Set up a freshly exec'd program for its restore, in one write: started by an
+        update at `point`, guarded (marks wait for a guardian if the tool dies), and
+        armed, so that every mark stops it with `signo`."""
+        block = bytearray(BLOCK_SIZE - OFF_ARMED)
+        struct.pack_into("<iiii", block, 0, 1, signo, 1, 0)  # armed, signo, updating, kind
+        struct.pack_into("<ii", block, OFF_ANSWER - OFF_ARMED, 1, 1)  # answer, guarded
         name = point.encode()[: FROM_SIZE - 1]
-        self.tracee.write(self.address + OFF_FROM, name.ljust(FROM_SIZE, b"\0"))
-        self._write_int(OFF_UPDATING, 1)
+        block[OFF_FROM - OFF_ARMED :] = name.ljust(FROM_SIZE, b"\0")
+        self.tracee.write(self.address + OFF_ARMED, bytes(block))
 
     def guard(self, on: bool) -> None:
         """Mark an update as under way (marks then wait for a guardian if the tool dies)."""

@@ -13,6 +13,7 @@ guardian execs the old version again and restores the old state into it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -25,6 +26,7 @@ from pathlib import Path
 from .dwarf.cache import cache_dir
 from .errors import EkidenError, TargetError
 from .faults import KILL_ENV
+from .process import give_cpus
 from .snapshot import Snapshot
 
 SEIZE_PATIENCE = 10.0
@@ -61,6 +63,13 @@ class Guardian:
         )
         self._state: Path | None = None
         self._writer: int | None = None  # the forked copy writing a large state
+
+    def watch_cpus(self, pid: int) -> None:
+        """Tell the guardian the target's CPU set, which the update may narrow for a while:
+        if the tool dies meanwhile, the guardian gives it back."""
+        with contextlib.suppress(OSError):
+            cpus = os.sched_getaffinity(pid)
+            self._send(f"cpus {pid} {','.join(map(str, sorted(cpus)))}\n")
 
     def hand_over(self, state: GuardState) -> None:
         """Give the guardian what it needs to roll the target back."""
@@ -120,6 +129,8 @@ def _fork_writer(fd: int, path: Path, state: GuardState) -> int:
         code = 1
         try:
             os.setsid()  # a Ctrl-C or a kill of the tool's group does not stop it
+            # Off the CPU the tool may share with the target for the update.
+            os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
             _write_state(fd, path, state)
             code = 0
         finally:
@@ -143,11 +154,17 @@ def _wait_for_state(path: Path) -> GuardState | None:
 def run_guardian() -> int:
     """The `_guard` entry point: wait for the tool's word, and act if it dies instead."""
     state_file: Path | None = None
+    cpus: tuple[int, set[int]] | None = None
     for line in sys.stdin:
         if line.startswith("state "):
             state_file = Path(line[6:].strip())
+        elif line.startswith("cpus "):
+            pid, listed = line.split()[1:]
+            cpus = int(pid), {int(cpu) for cpu in listed.split(",")}
         elif line.strip() == "done":
             return 0
+    if cpus is not None:
+        give_cpus(*cpus)
     if state_file is None:
         return 0  # the tool died before the capture: the old version was never touched
     state = _wait_for_state(state_file)

@@ -32,8 +32,9 @@ Where the tracee rests afterwards, and what the caller must know:
   After a successful exec they reach the new program, as signals pending
   across an execve would.
 * If the tool dies *during* an injection (tens of microseconds for a system
-  call, the call's duration for a function), the target is left in the middle
-  of injected code and will likely crash; between injections it is safe.
+  call, the call's duration for a function; a batch is one injection), the
+  target is left in the middle of injected code and will likely crash; between
+  injections it is safe.
 * A function call that times out or crashes is abandoned where it stands:
   registers come back, but locks or heap state it was changing do not.
 * A tracee at a PTRACE_SYSCALL entry stop is refused: resuming from there
@@ -55,6 +56,7 @@ from collections.abc import Iterator, Sequence
 from . import inject_images as images
 from . import ptrace as pt
 from .errors import EkidenError, TargetExited, WaitTimeout
+from .inject_images import file_gadget
 from .process import MemoryAccessError, Stop, Tracee, read_maps
 
 __all__ = [
@@ -63,6 +65,7 @@ __all__ = [
     "batch_malloc",
     "clear_cloexec",
     "exec_in_place",
+    "file_gadget",
     "find_function",
     "find_syscall_gadget",
     "function_range",
@@ -75,8 +78,10 @@ __all__ = [
     "remote_mmap",
     "remote_munmap",
     "remote_syscall",
+    "remote_syscalls",
     "resolve_function",
     "restore_cloexec",
+    "syscall_gadget",
 ]
 
 TIMEOUT = 5.0
@@ -91,6 +96,7 @@ NR_EXECVE = 59
 _PAGE = mmap.PAGESIZE
 _WORD = (1 << 64) - 1
 _RED_ZONE = 128
+_STACK_SCRATCH = 64 << 10  # execve's strings and arrays up to this size go on the stack
 _EFLAGS_DF = 1 << 10
 _MAX_ERRNO = 4095
 _ENOSYS_RAX = -errno.ENOSYS & _WORD  # rax at a PTRACE_SYSCALL entry stop
@@ -371,6 +377,20 @@ def _step_syscall(
         _hold(saved, stop, tracee.pid)
 
 
+def _run_syscall(
+    tracee: Tracee,
+    saved: _Saved,
+    gadget: int,
+    nr: int,
+    args: Sequence[int],
+    timeout: float = TIMEOUT,
+) -> int:
+    """One system call (not execve) inside an injection; its raw result."""
+    _, after = _step_syscall(tracee, saved, gadget, nr, args, timeout)
+    assert after is not None  # only a successful execve leaves no registers to read
+    return _signed(after.rax)
+
+
 def remote_syscall(
     tracee: Tracee, gadget: int, nr: int, *args: int, timeout: float = TIMEOUT
 ) -> int:
@@ -386,6 +406,27 @@ def remote_syscall(
         saved.replaced = after is None  # a successful execve, which returns no value
         result = 0 if after is None else _signed(after.rax)
     return result
+
+
+def remote_syscalls(
+    tracee: Tracee,
+    gadget: int,
+    calls: Sequence[tuple[int, Sequence[int]]],
+    *,
+    timeout: float = TIMEOUT,
+) -> list[int]:
+    """Run several system calls, (nr, args) each, one after the other in one injection:
+    the registers are saved once and the tracee comes to rest once.  Returns the raw
+    results in order.  execve is refused: use remote_syscall or exec_in_place."""
+    if not calls:
+        return []
+    if any(nr == NR_EXECVE for nr, _ in calls):
+        raise ValueError("execve cannot run in a batch of system calls")
+    numbers = ", ".join(str(nr) for nr, _ in calls)
+    saved = _Saved(tracee, f"system calls {numbers}", vector_state=False)
+    with _injecting(tracee, saved, timeout):
+        results = [_run_syscall(tracee, saved, gadget, nr, args, timeout) for nr, args in calls]
+    return results
 
 
 def remote_mmap(
@@ -433,25 +474,37 @@ def remote_call(
         raise ValueError("remote_call passes at most 6 arguments (in registers)")
     saved = _Saved(tracee, f"the call of the function at {function:#x}", vector_state=True)
     with _injecting(tracee, saved, timeout):
-        top = saved.regs.rsp - _RED_ZONE if scratch is None else scratch
-        frame = (top & ~15) - 8  # as just after a call: rsp + 8 is 16-byte aligned
-        try:
-            tracee.write_word(frame, RETURN_TRAP)
-        except MemoryAccessError:
-            raise InjectionError(
-                f"cannot build a call frame at {frame:#x} in process {tracee.pid}: "
-                "that stack memory is not mapped."
-            ) from None
-        regs = saved.working_regs()
-        regs.rip = function
-        regs.rsp = frame
-        regs.rax = 0  # no vector registers used by a variadic callee
-        regs.eflags &= ~_EFLAGS_DF
-        for name, value in zip(("rdi", "rsi", "rdx", "rcx", "r8", "r9"), args, strict=False):
-            setattr(regs, name, value & _WORD)
-        tracee.set_regs(regs)
-        result = _run_call(tracee, saved, frame, timeout)
+        result = _call(tracee, saved, function, args, scratch, timeout)
     return result
+
+
+def _call(
+    tracee: Tracee,
+    saved: _Saved,
+    function: int,
+    args: Sequence[int],
+    scratch: int | None,
+    timeout: float,
+) -> int:
+    """One function call inside an injection (see remote_call)."""
+    top = saved.regs.rsp - _RED_ZONE if scratch is None else scratch
+    frame = (top & ~15) - 8  # as just after a call: rsp + 8 is 16-byte aligned
+    try:
+        tracee.write_word(frame, RETURN_TRAP)
+    except MemoryAccessError:
+        raise InjectionError(
+            f"cannot build a call frame at {frame:#x} in process {tracee.pid}: "
+            "that stack memory is not mapped."
+        ) from None
+    regs = saved.working_regs()
+    regs.rip = function
+    regs.rsp = frame
+    regs.rax = 0  # no vector registers used by a variadic callee
+    regs.eflags &= ~_EFLAGS_DF
+    for name, value in zip(("rdi", "rsi", "rdx", "rcx", "r8", "r9"), args, strict=False):
+        setattr(regs, name, value & _WORD)
+    tracee.set_regs(regs)
+    return _run_call(tracee, saved, frame, timeout)
 
 
 def _run_call(tracee: Tracee, saved: _Saved, frame: int, timeout: float) -> int:
@@ -487,34 +540,58 @@ def batch_call(
     """Call `function(v)` for every value in one round trip; return the results in order.
 
     A tiny loop (MAP_STUB) is written into a fresh mapping of the target and
-    run with remote_call; the mapping is removed afterwards.
+    run there; the mapping is removed afterwards.  Mapping, call and unmapping
+    are one injection, so the tracee comes to rest once.
     """
     if not values:
         return []
-    data_size = 8 * len(values)
-    size = _PAGE + _round_up(data_size)
-    area = remote_mmap(tracee, gadget, size, mmap.PROT_READ | mmap.PROT_WRITE)
+    size = _PAGE + _round_up(8 * len(values))
+    saved = _Saved(tracee, f"the batch call of the function at {function:#x}", vector_state=True)
+    with _injecting(tracee, saved, timeout):
+        prot, flags = mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+        mapped = _run_syscall(tracee, saved, gadget, NR_MMAP, (0, size, prot, flags, -1, 0))
+        area = _check(tracee, mapped, f"mmap of {size} bytes")
+        try:
+            results = _call_each(tracee, saved, gadget, area, function, values, timeout)
+        except BaseException:
+            _unmap_after_failure(tracee, saved, gadget, area, size)
+            raise
+        unmapped = _run_syscall(tracee, saved, gadget, NR_MUNMAP, (area, size))
+        _check(tracee, unmapped, f"munmap of {size} bytes at {area:#x}")
+    return results
+
+
+def _call_each(
+    tracee: Tracee,
+    saved: _Saved,
+    gadget: int,
+    area: int,
+    function: int,
+    values: Sequence[int],
+    timeout: float,
+) -> list[int]:
+    """Inside an injection: run MAP_STUB from `area`, a fresh read-write mapping large
+    enough for the stub's page and the values after it."""
     data = area + _PAGE
-    try:
-        tracee.write(area, MAP_STUB)
-        _check(
-            tracee,
-            remote_syscall(
-                tracee, gadget, NR_MPROTECT, area, _PAGE, mmap.PROT_READ | mmap.PROT_EXEC
-            ),
-            "mprotect of the call loop",
-        )
-        tracee.write(data, array("Q", [v & _WORD for v in values]).tobytes())
-        remote_call(tracee, area, data, len(values), function, timeout=timeout)
-        results = array("Q")
-        results.frombytes(tracee.read(data, data_size))
-    except BaseException:
-        if tracee.alive and tracee.stopped:
-            with contextlib.suppress(EkidenError, OSError):
-                remote_munmap(tracee, gadget, area, size)
-        raise
-    remote_munmap(tracee, gadget, area, size)
+    tracee.write(area, MAP_STUB)
+    code = mmap.PROT_READ | mmap.PROT_EXEC
+    protected = _run_syscall(tracee, saved, gadget, NR_MPROTECT, (area, _PAGE, code))
+    _check(tracee, protected, "mprotect of the call loop")
+    tracee.write(data, array("Q", [v & _WORD for v in values]).tobytes())
+    _call(tracee, saved, area, (data, len(values), function), None, timeout)
+    results = array("Q")
+    results.frombytes(tracee.read(data, 8 * len(values)))
     return results.tolist()
+
+
+def _unmap_after_failure(tracee: Tracee, saved: _Saved, gadget: int, area: int, size: int) -> None:
+    """Inside a failed injection: remove its mapping if the tracee can still be stopped."""
+    if not tracee.alive:
+        return
+    with contextlib.suppress(EkidenError, OSError):
+        if not tracee.stopped:
+            _stop_running(tracee, saved)
+        _run_syscall(tracee, saved, gadget, NR_MUNMAP, (area, size))
 
 
 def batch_malloc(
@@ -672,6 +749,21 @@ def find_syscall_gadget(tracee: Tracee, ranges: Sequence[tuple[int, int]] = ()) 
     )
 
 
+def syscall_gadget(tracee: Tracee, path: str, function: str, bias: int) -> int:
+    """The first `syscall` of `function` in the program `path`, loaded at `bias`.
+
+    The instruction is found in the file beforehand (file_gadget, cached), so here
+    one read confirms that the process has the same code there; when it has not, or
+    the function has no `syscall`, any other gadget is searched (find_syscall_gadget).
+    """
+    found = file_gadget(path, function)
+    if found is not None:
+        start, code = found
+        if images.read_or_empty(tracee.read, start + bias, len(code)) == code:
+            return start + bias + len(code) - len(images.SYSCALL_BYTES)
+    return find_syscall_gadget(tracee)
+
+
 # -- file descriptors --------------------------------------------------------------------
 
 
@@ -696,27 +788,30 @@ def clear_cloexec(tracee: Tracee, gadget: int, fds: Sequence[int]) -> list[int]:
     """Clear FD_CLOEXEC on those of `fds` that have it, so they survive an exec.
 
     Returns the fds it cleared, for restore_cloexec after the exec.  On
-    failure the flags already cleared are set again.
+    failure the flag is set again on all of them.
     """
-    cleared: list[int] = []
+    flagged = [fd for fd in fds if _has_cloexec(tracee.pid, fd)]
     try:
-        for fd in fds:
-            if _has_cloexec(tracee.pid, fd):
-                # FD_CLOEXEC is the only descriptor flag, so 0 clears just it.
-                remote_fcntl(tracee, gadget, fd, fcntl.F_SETFD, 0)
-                cleared.append(fd)
+        # FD_CLOEXEC is the only descriptor flag, so 0 clears just it.
+        _set_fd_flags(tracee, gadget, flagged, 0)
     except BaseException:
         if tracee.alive and tracee.stopped:
             with contextlib.suppress(EkidenError, OSError):
-                restore_cloexec(tracee, gadget, cleared)
+                restore_cloexec(tracee, gadget, flagged)
         raise
-    return cleared
+    return flagged
 
 
 def restore_cloexec(tracee: Tracee, gadget: int, fds: Sequence[int]) -> None:
     """Set FD_CLOEXEC again on `fds` (the list clear_cloexec returned)."""
-    for fd in fds:
-        remote_fcntl(tracee, gadget, fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
+    _set_fd_flags(tracee, gadget, fds, fcntl.FD_CLOEXEC)
+
+
+def _set_fd_flags(tracee: Tracee, gadget: int, fds: Sequence[int], flags: int) -> None:
+    """fcntl(fd, F_SETFD, flags) for every fd, in one injection."""
+    calls = [(NR_FCNTL, (fd, fcntl.F_SETFD, flags)) for fd in fds]
+    for fd, result in zip(fds, remote_syscalls(tracee, gadget, calls), strict=True):
+        _check(tracee, result, f"fcntl({fd}, {fcntl.F_SETFD}, {flags})")
 
 
 # -- exec in place -------------------------------------------------------------------------
@@ -759,6 +854,19 @@ def _exec_block(
     return pointers.tobytes() + bytes(strings), base + arrays, base, base + 8 * (len(argv) + 1)
 
 
+def _stack_room(tracee: Tracee, size: int) -> int | None:
+    """Where `size` bytes fit below the stack pointer and its red zone, memory the program
+    does not use, in what the stack has mapped already (so it does not grow); or None."""
+    if size > _STACK_SCRATCH:
+        return None
+    base = (tracee.regs().rsp - _RED_ZONE - size) & ~15
+    try:
+        tracee.read(base, 1)  # the stack is one mapping: mapped here means mapped up to rsp
+    except OSError:
+        return None
+    return base
+
+
 def exec_in_place(
     tracee: Tracee,
     gadget: int,
@@ -776,28 +884,36 @@ def exec_in_place(
     (ENOENT, EACCES, ENOEXEC...) the old program is left exactly as it was
     and InjectionError names the errno: the execve is single-stepped, so a
     failed one stops right after the `syscall` instead of running on into the
-    old program's code with our registers.
+    old program's code with our registers.  execve's strings and arrays go below
+    the stack pointer (memory the program does not use) or, when large, into a
+    mapping that a failure removes again.
     """
     raw_path = os.fsencode(path)
     if any(b"\0" in item for item in (raw_path, *argv, *envp)):
         raise InjectionError(
             "a path, argument or environment string for execve contains a NUL byte."
         )
-    size = _round_up(len(_exec_block(0, raw_path, argv, envp)[0]))
-    scratch = remote_mmap(tracee, gadget, size, mmap.PROT_READ | mmap.PROT_WRITE)
+    size = len(_exec_block(0, raw_path, argv, envp)[0])
+    base = _stack_room(tracee, size)
+    scratch = None
+    if base is None:
+        base = scratch = remote_mmap(
+            tracee, gadget, _round_up(size), mmap.PROT_READ | mmap.PROT_WRITE
+        )
     try:
-        block, path_addr, argv_addr, envp_addr = _exec_block(scratch, raw_path, argv, envp)
-        tracee.write(scratch, block)
+        block, path_addr, argv_addr, envp_addr = _exec_block(base, raw_path, argv, envp)
+        tracee.write(base, block)
         result = remote_syscall(
             tracee, gadget, NR_EXECVE, path_addr, argv_addr, envp_addr, timeout=timeout
         )
     except BaseException:
-        if tracee.alive and tracee.stopped:
+        if scratch is not None and tracee.alive and tracee.stopped:
             with contextlib.suppress(EkidenError, OSError):
-                remote_munmap(tracee, gadget, scratch, size)
+                remote_munmap(tracee, gadget, scratch, _round_up(size))
         raise
     if result:
-        remote_munmap(tracee, gadget, scratch, size)
+        if scratch is not None:
+            remote_munmap(tracee, gadget, scratch, _round_up(size))
         raise InjectionError(
             f"execve of {os.fsdecode(raw_path)} in process {tracee.pid} failed with "
             f"{_errno_text(-result)}; the old program runs on unchanged."

@@ -1,7 +1,8 @@
-"""The ELF images mapped in a live process, as injection needs them.
+"""The ELF images mapped in a live process, as injection and naming need them.
 
 Function symbols come from each file's .dynsym and .symtab and are placed at
-run time by the image's load bias, found in /proc/PID/maps.
+run time by the image's load bias, found in /proc/PID/maps; the same parse
+gives the symbol table that names addresses (live.py).
 Parsed files are cached by file identity; `syscall` gadgets by build-id.
 Lookups return None when nothing fits: the public layer (inject.py) turns
 that into an error message.
@@ -20,6 +21,7 @@ from typing import BinaryIO
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from capstone.x86 import X86_INS_SYSCALL
 
+from .elf import Symbol
 from .process import Mapping, read_maps
 
 SYSCALL_BYTES = b"\x0f\x05"
@@ -31,7 +33,9 @@ _SHDR = struct.Struct("<IIQQQQIIQQ")  # Elf64_Shdr
 _SYM = struct.Struct("<IBBHQQ")  # Elf64_Sym
 _EM_X86_64 = 62
 _PT_LOAD = 1
+_PF_X = 1
 _NT_GNU_BUILD_ID = 3
+_STT_OBJECT = 1
 _STT_FUNC = 2
 _STT_GNU_IFUNC = 10
 _STB_LOCAL = 0
@@ -53,11 +57,14 @@ class FunctionSymbol:
 
 @dataclass(frozen=True)
 class ElfImage:
-    """What injection needs from one ELF file."""
+    """What injection and naming need from one ELF file."""
 
     build_id: str | None
     load_delta: int  # p_vaddr - p_offset of the lowest PT_LOAD
+    entry: int  # e_entry
     functions: dict[str, FunctionSymbol]
+    symbols: list[Symbol]  # functions and objects of .symtab, or else .dynsym, for naming
+    code: tuple[tuple[int, int, int], ...]  # (p_vaddr, p_offset, p_filesz) of executable PT_LOADs
 
 
 @dataclass(frozen=True)
@@ -78,9 +85,10 @@ class MappedImage:
 
 _images: dict[tuple[int, int, int, int], ElfImage | None] = {}
 _gadgets: dict[str, int] = {}
+_file_gadgets: dict[tuple[str, str], tuple[int, bytes] | None] = {}
 
 
-def _load_image(path: str) -> ElfImage | None:
+def load_image(path: str) -> ElfImage | None:
     """Parse `path` (cached by device, inode, size and mtime); None when it is not ELF."""
     try:
         with open(path, "rb") as f:
@@ -109,25 +117,27 @@ def _parse(f: BinaryIO) -> ElfImage | None:
 
 
 def _parse_elf(data: mmap.mmap) -> ElfImage | None:
-    ident, _, machine, _, _, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum, shstrndx = (
+    ident, _, machine, _, entry, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum, names = (
         _EHDR.unpack_from(data)
     )
     if ident[:6] != b"\x7fELF\x02\x01" or machine != _EM_X86_64:
         return None
     loads = []
     for i in range(phnum):
-        kind, _, offset, vaddr, *_ = _PHDR.unpack_from(data, phoff + i * phentsize)
+        kind, flags, offset, vaddr, _, filesz, *_ = _PHDR.unpack_from(data, phoff + i * phentsize)
         if kind == _PT_LOAD:
-            loads.append((offset, vaddr))
+            loads.append((offset, vaddr, filesz, flags))
     if not loads:
         return None
     headers = (
         [_SHDR.unpack_from(data, shoff + i * shentsize) for i in range(shnum)] if shoff else []
     )
-    section_names = _section_data(data, headers[shstrndx]) if headers else b""
+    section_names = _section_data(data, headers[names]) if headers else b""
     sections = {_cstring(section_names, h[0]): h for h in headers}
-    offset, vaddr = min(loads)
-    return ElfImage(_build_id(data, sections), vaddr - offset, _functions(data, headers, sections))
+    offset, vaddr, *_ = min(loads)
+    functions, symbols = _symbols(data, headers, sections)
+    code = tuple((v, o, size) for o, v, size, flags in loads if flags & _PF_X)
+    return ElfImage(_build_id(data, sections), vaddr - offset, entry, functions, symbols, code)
 
 
 def _section_data(data: mmap.mmap, header: tuple[int, ...]) -> bytes:
@@ -154,11 +164,14 @@ def _build_id(data: mmap.mmap, sections: dict[str, tuple[int, ...]]) -> str | No
     return None
 
 
-def _functions(
+def _symbols(
     data: mmap.mmap, headers: list[tuple[int, ...]], sections: dict[str, tuple[int, ...]]
-) -> dict[str, FunctionSymbol]:
-    """Defined functions by name; a global default-version definition wins over others."""
+) -> tuple[dict[str, FunctionSymbol], list[Symbol]]:
+    """Defined functions by name (a global default-version definition wins over others),
+    and the functions and objects of .symtab (or else .dynsym) for naming addresses."""
     best: dict[str, tuple[int, FunctionSymbol]] = {}
+    naming = ".symtab" if ".symtab" in sections else ".dynsym"
+    named: list[Symbol] = []
     for table_name in (".dynsym", ".symtab"):
         table = sections.get(table_name)
         if table is None or table[9] != _SYM.size:
@@ -171,22 +184,29 @@ def _functions(
         symbols = _section_data(data, table)
         for index, (name_at, info, _, shndx, value, size) in enumerate(_SYM.iter_unpack(symbols)):
             kind = info & 0xF
-            if kind not in (_STT_FUNC, _STT_GNU_IFUNC) or shndx == _SHN_UNDEF or not value:
+            if kind not in (_STT_FUNC, _STT_GNU_IFUNC, _STT_OBJECT) or shndx == _SHN_UNDEF:
                 continue
             name = _cstring(names, name_at)
             if not name:
                 continue
+            local = info >> 4 == _STB_LOCAL
+            if table_name == naming and kind != _STT_GNU_IFUNC:
+                what = "object" if kind == _STT_OBJECT else "function"
+                named.append(Symbol(name, value, size, what, local))
+            if kind == _STT_OBJECT or not value:
+                continue
             hidden = index < len(versions) and versions[index] & _VERSYM_HIDDEN
-            rank = (2 if info >> 4 == _STB_LOCAL else 0) + (1 if hidden else 0)
+            rank = (2 if local else 0) + (1 if hidden else 0)
             if name not in best or rank < best[name][0]:
                 best[name] = (rank, FunctionSymbol(name, value, size, kind == _STT_GNU_IFUNC))
-    return {name: found for name, (_, found) in best.items()}
+    return {name: found for name, (_, found) in best.items()}, named
 
 
-def mapped_images(pid: int) -> list[MappedImage]:
-    """The ELF files mapped in `pid`: the executable first, then in address order."""
+def mapped_images(pid: int, maps: list[Mapping] | None = None) -> list[MappedImage]:
+    """The ELF files mapped in `pid` (whose /proc/PID/maps is `maps`, when already read):
+    the executable first, then in address order."""
     by_path: dict[str, list[Mapping]] = {}
-    for mapping in read_maps(pid):
+    for mapping in read_maps(pid) if maps is None else maps:
         if mapping.path.startswith("/"):
             by_path.setdefault(mapping.path, []).append(mapping)
     exe = os.readlink(f"/proc/{pid}/exe")
@@ -194,9 +214,9 @@ def mapped_images(pid: int) -> list[MappedImage]:
     for path, mappings in sorted(by_path.items(), key=lambda item: item[0] != exe):
         first = min(mappings, key=lambda m: m.start)
         # map_files opens the very file mapped, even when deleted or outside our root.
-        image = _load_image(f"/proc/{pid}/map_files/{first.start:x}-{first.end:x}")
+        image = load_image(f"/proc/{pid}/map_files/{first.start:x}-{first.end:x}")
         if image is None:
-            image = _load_image(path)
+            image = load_image(path)
         if image is not None:
             bias = first.start - first.offset - image.load_delta
             images.append(MappedImage(path, bias, image, tuple(mappings)))
@@ -255,6 +275,33 @@ def image_gadget(read: Reader, mapped: MappedImage) -> int | None:
             if key is not None:
                 _gadgets[key] = hit - mapped.bias
             return hit
+    return None
+
+
+def file_gadget(path: str, function: str) -> tuple[int, bytes] | None:
+    """The first `syscall` of `function` in the file `path`, decoded from the file (no process
+    needed): (the function's link-time address, its code up to and including the syscall).
+    Cached by path; whoever uses it checks first that the code in the process is this code."""
+    key = (path, function)
+    if key not in _file_gadgets:
+        _file_gadgets[key] = _decode_file_gadget(path, function)
+    return _file_gadgets[key]
+
+
+def _decode_file_gadget(path: str, function: str) -> tuple[int, bytes] | None:
+    image = load_image(path)
+    symbol = image.functions.get(function) if image is not None else None
+    if image is None or symbol is None or symbol.ifunc:
+        return None
+    for vaddr, offset, size in image.code:
+        if vaddr <= symbol.addr and symbol.addr + symbol.size <= vaddr + size:
+            with open(path, "rb") as f:
+                f.seek(offset + symbol.addr - vaddr)
+                code = f.read(symbol.size)
+            hit = syscall_in_code(code, symbol.addr)
+            if hit is None:
+                return None
+            return symbol.addr, code[: hit - symbol.addr + len(SYSCALL_BYTES)]
     return None
 
 

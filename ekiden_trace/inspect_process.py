@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .capture import Capturer
-from .control import ControlBlock, choose_stop_signal
+from .control import STOP_FUNCTION, ControlBlock, choose_stop_signal
 from .disasm import instructions_around
 from .errors import BinaryError, TargetError
 from .live import LiveProcess
@@ -16,8 +16,6 @@ from .program import Program
 from .snapshot import Snapshot, StopLocation
 from .stopping import leave, wait_for_point
 from .unwind import Frame
-
-STOP_FUNCTION = "ekiden__stop"
 
 
 @dataclass(frozen=True)

@@ -5,29 +5,30 @@ from __future__ import annotations
 import bisect
 import os
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 from .dwarf.cache import file_key, load_or_build
 from .dwarf.cfi import CallFrameTable
 from .dwarf.expr import regs_to_dwarf
-from .elf import ElfBinary
 from .errors import TargetError
+from .inject_images import mapped_images
 from .process import Mapping, Tracee, read_maps
 from .program import Program, SymbolTable
 from .unwind import Frame, ModuleMap, unwind
 
 CFI_FORMAT = 1
+STACK_COPY = 64 << 10  # the top of the stack read at once for unwinding, at most
 
 
 @dataclass(frozen=True)
 class Module:
-    """A mapped ELF file: its runtime extent and load bias."""
+    """A mapped ELF file: its runtime extent, load bias and symbols."""
 
     path: str
     start: int
     end: int
     bias: int
+    symbols: SymbolTable
 
 
 def _same_file(a: str, b: str | Path) -> bool:
@@ -37,11 +38,16 @@ def _same_file(a: str, b: str | Path) -> bool:
         return False
 
 
+_tables: dict[str, CallFrameTable] = {}
+
+
 def _call_frame_table(path: str) -> CallFrameTable:
-    data = load_or_build(
-        f"{file_key(path)}-cfi-v{CFI_FORMAT}", lambda: CallFrameTable.from_elf(path).to_json()
-    )
-    return CallFrameTable.from_json(data)
+    """A file's unwind table: from the disk cache once, then from memory (by file identity)."""
+    key = f"{file_key(path)}-cfi-v{CFI_FORMAT}"
+    if key not in _tables:
+        data = load_or_build(key, lambda: CallFrameTable.from_elf(path).to_json())
+        _tables[key] = CallFrameTable.from_json(data)
+    return _tables[key]
 
 
 class LiveProcess:
@@ -68,7 +74,6 @@ class LiveProcess:
         self._module_map = ModuleMap(
             [(m.start, m.end, m.bias, m.path, _call_frame_table(m.path)) for m in self.modules]
         )
-        _ = self._library_symbols
 
     def _set_maps(self, maps: list[Mapping]) -> None:
         self.maps = maps
@@ -80,22 +85,17 @@ class LiveProcess:
         self._set_maps(tracee.maps())
 
     def _modules(self) -> list[Module]:
-        modules: dict[str, Module] = {}
-        for mapping in self.maps:
-            if not mapping.path.startswith("/") or mapping.path in modules:
-                continue
-            extent = [m for m in self.maps if m.path == mapping.path]
-            try:
-                elf = ElfBinary(mapping.path)
-            except Exception:
-                continue
-            first = min(extent, key=lambda m: m.offset)
-            bias = first.start - first.offset - elf.first_load_vaddr
-            elf.close()
-            modules[mapping.path] = Module(
-                mapping.path, min(m.start for m in extent), max(m.end for m in extent), bias
-            )
-        return list(modules.values())
+        """The ELF files mapped in the process, the program's own with its full symbols."""
+        modules = []
+        for image in mapped_images(self.pid, self.maps):
+            if _same_file(image.path, self.program.path):
+                symbols = self.program.symbols
+            else:
+                symbols = SymbolTable(image.image.symbols)
+            start = min(m.start for m in image.mappings)
+            end = max(m.end for m in image.mappings)
+            modules.append(Module(image.path, start, end, image.bias, symbols))
+        return modules
 
     def mapping_at(self, addr: int) -> Mapping | None:
         """The mapping that holds a runtime address."""
@@ -117,26 +117,12 @@ class LiveProcess:
             return "heap"
         return "library"
 
-    @cached_property
-    def _library_symbols(self) -> dict[str, SymbolTable]:
-        tables = {}
-        for module in self.modules:
-            if module is self._main:
-                continue
-            elf = ElfBinary(module.path)
-            tables[module.path] = SymbolTable(elf.symbols())
-            elf.close()
-        return tables
-
     def symbol_at(self, addr: int) -> tuple[str, int] | None:
         """(symbol name, offset) for a runtime address in any module; library names get @lib."""
         for module in self.modules:
             if module.start <= addr < module.end:
-                if module is self._main:
-                    table, suffix = self.program.symbols, ""
-                else:
-                    table, suffix = self._library_symbols[module.path], "@" + Path(module.path).name
-                sym = table.containing(addr - module.bias)
+                suffix = "" if module is self._main else "@" + Path(module.path).name
+                sym = module.symbols.containing(addr - module.bias)
                 if sym is None:
                     return None
                 return sym.name + suffix, addr - module.bias - sym.addr
@@ -172,4 +158,27 @@ class LiveProcess:
     def frames(self) -> list[Frame]:
         """The current thread's frames, unwound with CFI from the registers at the stop."""
         assert self.tracee is not None, "frames() needs a stopped tracee"
-        return unwind(regs_to_dwarf(self.tracee.regs()), self._module_map, self.tracee.read_word)
+        regs = self.tracee.regs()
+        stack = _StackCopy(self.tracee, regs.rsp, self.mapping_at(regs.rsp))
+        return unwind(regs_to_dwarf(regs), self._module_map, stack.read_word)
+
+
+class _StackCopy:
+    """The top of a stopped thread's stack, read in one go: unwinding reads a few words
+    per frame there, each a system call otherwise.  Other words are read one by one."""
+
+    def __init__(self, tracee: Tracee, sp: int, mapping: Mapping | None) -> None:
+        self.tracee = tracee
+        self.start = sp
+        size = min(mapping.end - sp, STACK_COPY) if mapping is not None else 0
+        try:
+            self.data = tracee.read(sp, size)
+        except OSError:
+            self.data = b""
+
+    def read_word(self, addr: int) -> int:
+        """The 64-bit word at addr."""
+        offset = addr - self.start
+        if 0 <= offset <= len(self.data) - 8:
+            return int.from_bytes(self.data[offset : offset + 8], "little")
+        return self.tracee.read_word(addr)

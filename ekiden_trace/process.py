@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import itertools
 import mmap
 import os
 import signal
 import time
 from array import array
-from collections.abc import Sequence
+from collections.abc import Container, Iterator, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
 
@@ -31,6 +32,14 @@ _GROUP_STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN,
 # One sigtimedwait never sleeps longer than this, so a SIGCHLD taken by
 # another thread of the tool costs at most this much latency.
 _WAIT_SLICE = 0.1
+_SIGCHLD = frozenset({signal.SIGCHLD})
+# The raw wait status of a system-call stop (PTRACE_O_TRACESYSGOOD: SIGTRAP | 0x80).
+_SYSCALL_STOP_STATUS = (signal.SIGTRAP | 0x80) << 8 | 0x7F
+# Offsets in struct user (user_regs_struct comes first) for PTRACE_PEEKUSER.
+_USER_RAX = 8 * 10
+_USER_ORIG_RAX = 8 * 15
+_ENOSYS_RAX = -errno.ENOSYS & _WORD_MASK  # rax at a system-call entry stop
+_AT_NULL = 0
 _STOP_TIMEOUT = 5.0
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -125,6 +134,75 @@ def read_maps(pid: int) -> list[Mapping]:
             offset = int(fields[2], 16)
             result.append(Mapping(int(start, 16), int(end, 16), fields[1], offset, path))
     return result
+
+
+def read_auxv(pid: int) -> dict[int, int]:
+    """The auxiliary vector the kernel gave `pid` at its last exec (AT_* type -> value)."""
+    with open(f"/proc/{pid}/auxv", "rb") as f:
+        words = array("Q", f.read())
+    pairs = zip(words[::2], words[1::2], strict=False)
+    return dict(itertools.takewhile(lambda pair: pair[0] != _AT_NULL, pairs))
+
+
+@contextlib.contextmanager
+def _sigchld_blocked() -> Iterator[None]:
+    """Block SIGCHLD in this thread for a run of waits, and unblock it afterwards if it was
+    not blocked before: children the tool spawns later must not inherit a blocked SIGCHLD."""
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGCHLD)
+    try:
+        yield
+    finally:
+        if signal.SIGCHLD not in old_mask:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGCHLD)
+
+
+@contextlib.contextmanager
+def sharing_cpu(pid: int) -> Iterator[None]:
+    """Run this thread and process `pid` on one CPU meanwhile (the one this thread is on),
+    then give both their CPU sets back (to every thread `pid` has by then).
+
+    A tracer and its stopped tracee hand over to each other hundreds of times in an
+    update; on one CPU a hand-over is a context switch, across two it wakes the other
+    CPU, which costs tens of microseconds in a virtual machine and more under load.
+    Does nothing when a CPU set cannot be read or changed (cpusets, permissions).
+    """
+    pinned = _pin_together(pid)
+    try:
+        yield
+    finally:
+        if pinned is not None:
+            _unpin(pid, *pinned)
+
+
+def _pin_together(pid: int) -> tuple[set[int], set[int]] | None:
+    """Pin this thread and `pid` to this thread's CPU; their CPU sets before, or None."""
+    try:
+        ours, theirs = os.sched_getaffinity(0), os.sched_getaffinity(pid)
+    except OSError:
+        return None
+    cpu = _libc.sched_getcpu()
+    if cpu not in ours & theirs:
+        return None
+    try:
+        os.sched_setaffinity(pid, {cpu})
+        os.sched_setaffinity(0, {cpu})
+    except OSError:
+        _unpin(pid, ours, theirs)
+        return None
+    return ours, theirs
+
+
+def _unpin(pid: int, ours: set[int], theirs: set[int]) -> None:
+    os.sched_setaffinity(0, ours)
+    give_cpus(pid, theirs)
+
+
+def give_cpus(pid: int, cpus: set[int]) -> None:
+    """Set the CPU set of every thread process `pid` has (skipping any that end meanwhile)."""
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(task), cpus)
 
 
 def _restartable(regs: pt.user_regs_struct) -> bool:
@@ -342,7 +420,45 @@ class Tracee:
         """
         if not self.alive:
             raise TargetExited(f"process {self.pid} has already exited.")
-        stop = decode_status(self._wait_status(timeout))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with _sigchld_blocked():
+            return self._stopped_at(self._wait_status(deadline))
+
+    def run_syscalls(
+        self, watched: Container[int], deadline: float, signo: int = 0, *, cont: bool = False
+    ) -> Stop:
+        """Resume under PTRACE_SYSCALL (delivering `signo`) and step over system-call stops
+        until any other stop, or the entry of a system call numbered in `watched`, which is
+        returned as a 'syscall' stop before the call runs.  WaitTimeout at `deadline`
+        (a time.monotonic() value).  With `cont`, the first resume is a PTRACE_CONT: no
+        system-call stop until the next other stop.
+
+        Made for a program's start-up, a run of system calls: SIGCHLD stays blocked
+        throughout, and a system-call stop costs one waitpid and one PEEKUSER.
+        """
+        if not self.alive:
+            raise TargetExited(f"process {self.pid} has already exited.")
+        with _sigchld_blocked():
+            resume = self.cont if cont else self.syscall
+            while True:
+                resume(signo)
+                resume, signo = self.syscall, 0
+                status = self._wait_status(deadline)
+                if status != _SYSCALL_STOP_STATUS:
+                    return self._stopped_at(status)
+                self.stopped = True
+                if self._entering(watched):
+                    return decode_status(status)
+
+    def _entering(self, watched: Container[int]) -> bool:
+        """At a system-call stop: whether it is the entry of a call in `watched`."""
+        if pt.peekuser(self.pid, _USER_ORIG_RAX) not in watched:
+            return False
+        return pt.peekuser(self.pid, _USER_RAX) == _ENOSYS_RAX  # the entry, not the exit
+
+    def _stopped_at(self, status: int) -> Stop:
+        """The Stop for a wait status, with the tracee's state updated to match."""
+        stop = decode_status(status)
         if stop.kind in ("exited", "killed"):
             self._gone()
             return stop
@@ -354,33 +470,26 @@ class Tracee:
             self._close_mem()  # the old handle sees the old address space
         return stop
 
-    def _wait_status(self, timeout: float | None) -> int:
-        """waitpid(WNOHANG) in a loop, sleeping in sigtimedwait on SIGCHLD in between.
-
-        SIGCHLD is blocked only while waiting, so children the tool spawns do
-        not inherit a blocked SIGCHLD; a state change after the mask is set
-        leaves SIGCHLD pending, so none is missed.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
-        try:
-            while True:
-                try:
-                    wpid, status = os.waitpid(self.pid, os.WNOHANG | pt.WALL)
-                except ChildProcessError:
-                    self._gone()
-                    raise TargetExited(
-                        f"process {self.pid} is no longer traced by ekiden-trace."
-                    ) from None
-                if wpid:
-                    return status
-                left = _WAIT_SLICE if deadline is None else deadline - time.monotonic()
-                if left <= 0:
-                    raise WaitTimeout(f"process {self.pid} did not stop within {timeout:g} s.")
-                signal.sigtimedwait({signal.SIGCHLD}, min(left, _WAIT_SLICE))
-        finally:
-            if signal.SIGCHLD not in old_mask:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+    def _wait_status(self, deadline: float | None) -> int:
+        """waitpid(WNOHANG) in a loop, sleeping in sigtimedwait on SIGCHLD in between;
+        SIGCHLD must be blocked (_sigchld_blocked), so a state change after a waitpid
+        leaves it pending and none is missed."""
+        started = time.monotonic()
+        while True:
+            try:
+                wpid, status = os.waitpid(self.pid, os.WNOHANG | pt.WALL)
+            except ChildProcessError:
+                self._gone()
+                raise TargetExited(
+                    f"process {self.pid} is no longer traced by ekiden-trace."
+                ) from None
+            if wpid:
+                return status
+            left = _WAIT_SLICE if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                waited = time.monotonic() - started
+                raise WaitTimeout(f"process {self.pid} did not stop within {waited:.3g} s.")
+            signal.sigtimedwait(_SIGCHLD, min(left, _WAIT_SLICE))
 
     # -- registers and system calls ----------------------------------------
 

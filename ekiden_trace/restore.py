@@ -18,21 +18,25 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .control import KIND_POINT, KIND_TAG, ControlBlock
+from .control import KIND_POINT, KIND_TAG, STOP_FUNCTION, ControlBlock, MarkStop
 from .encode import ConversionError, Encoder
 from .errors import EkidenError, WaitTimeout
 from .faults import fault_point, kill_point
-from .inject import find_function, find_syscall_gadget, remote_call, remote_mmap, remote_munmap
+from .inject import find_function, remote_call, remote_mmap, remote_munmap, syscall_gadget
+from .inject_images import SYSCALL_BYTES, load_image
 from .plan import UpdatePlan
-from .process import Tracee, read_maps
+from .process import Tracee, read_auxv
 from .program import Program, TaggedVariable
+from .ptrace import user_regs_struct
 from .snapshot import Snapshot
 from .stopping import halt
 from .xform import Context, Transformers, View, run_transformer
 
-EXIT_SYSCALLS = (60, 231)  # exit, exit_group
+EXIT_SYSCALLS = frozenset({60, 231})  # exit, exit_group
+GETPID = 39  # the first system call of a mark's slow path
 SCRATCH_SIZE = 1 << 20
-ENOSYS = -38
+WRITE_BATCH = 4096  # queued writes land in batches of this many (4 system calls)
+AT_ENTRY = 9  # the auxiliary vector's entry point of the program
 CRASH_SIGNALS = {
     signal.SIGSEGV,
     signal.SIGBUS,
@@ -64,16 +68,16 @@ class RestoreResult:
 
 
 def load_bias(pid: int, program: Program) -> int:
-    """Load bias of a program's own mapping in a process (its file mapped at offset 0)."""
-    for mapping in read_maps(pid):
-        if mapping.offset == 0 and mapping.path and os.path.exists(mapping.path):
-            try:
-                same = os.path.samefile(mapping.path, program.path)
-            except OSError:
-                same = False
-            if same:
-                return mapping.start - program.elf.first_load_vaddr
-    raise RestoreFailed(f"{program.path} is not mapped in process {pid} after the exec.")
+    """Load bias of the program a process runs: where the kernel placed its entry point
+    (AT_ENTRY) minus the entry point its file names."""
+    try:
+        same = os.path.samefile(f"/proc/{pid}/exe", program.path)
+    except OSError:
+        same = False
+    image = load_image(str(program.path)) if same else None
+    if image is None:
+        raise RestoreFailed(f"process {pid} does not run {program.path} after the exec.")
+    return read_auxv(pid)[AT_ENTRY] - image.entry
 
 
 def _c_string(text: str | bytes) -> bytes:
@@ -160,6 +164,8 @@ class ProcessBackend:
         """Queue a write; queued writes land together, before the next call into the
         process and at the latest when `flush` is called."""
         self._queued.append((addr, data))
+        if len(self._queued) >= WRITE_BATCH:
+            self.flush()
 
     def flush(self) -> None:
         """Do the queued writes, many per system call."""
@@ -192,13 +198,7 @@ class Restorer:
         self.signo = signo
         self.bias = load_bias(tracee.pid, self.new)
         self.control = ControlBlock(tracee, self.new.marks.control + self.bias)
-        stop_sym = self.new.symbols.by_name.get("ekiden__stop")
-        ranges = (
-            [(stop_sym.addr + self.bias, stop_sym.addr + stop_sym.size + self.bias)]
-            if stop_sym
-            else []
-        )
-        self.gadget = find_syscall_gadget(tracee, ranges)
+        self.gadget = syscall_gadget(tracee, str(self.new.path), STOP_FUNCTION, self.bias)
         self.backend = ProcessBackend(tracee, self.new, self.bias, self.gadget)
         self.context = Context(snapshot, self.backend)
         self.encoder = Encoder(
@@ -208,9 +208,7 @@ class Restorer:
         # Guard the new version at once: if the tool dies from here on, its marks wait
         # for the guardian instead of letting a half-restored version run.
         self.control.check()
-        self.control.mark_updating(point)
-        self.control.guard(True)
-        self.control.arm(signo)
+        self.control.begin_update(point, signo)
         self._old_values = {v.key: v for v in snapshot.variables}
         # Variables that must be written before the first update point: those with a
         # captured value (a local of a function that was not active has none) and those
@@ -228,37 +226,31 @@ class Restorer:
         started = time.monotonic()
         result = RestoreResult(self.point)
         deadline = started + timeout
-        self.tracee.syscall()
+        signo, in_mark = 0, False
+        watched = EXIT_SYSCALLS | {GETPID}
         while True:
             try:
-                stop = self.tracee.wait_stop(max(deadline - time.monotonic(), 0))
+                stop = self.tracee.run_syscalls(watched, deadline, signo, cont=in_mark)
             except WaitTimeout:
                 halt(self.tracee)
                 raise RestoreFailed(
                     f"the new version did not reach an update point within {timeout:g} s."
                 ) from None
+            signo, in_mark = 0, False
             if stop.kind in ("exited", "killed"):
                 raise EkidenError(f"process {self.tracee.pid} died during the restore ({stop}).")
             if stop.kind == "syscall":
-                self._check_exit()
-                self.tracee.syscall()
-                continue
-            if stop.kind == "signal" and stop.signo == self.signo:
-                reported = self.control.pending_stop()
+                in_mark = self._entering_mark()
+            elif stop.kind == "signal":
+                reported = self.control.pending_stop() if stop.signo == self.signo else None
                 if reported is not None:
-                    self.control.take_stop()
-                    if reported.kind == KIND_POINT:
-                        self.control.disarm()
+                    if self._at_mark(reported, result):
                         break
-                    if reported.kind == KIND_TAG:
-                        self._serve_tag(reported.what, reported.addr, reported.size, result)
-                    self.control.arm(self.signo)
-                    self.tracee.syscall()
-                    continue
-            if stop.kind == "signal" and stop.signo in CRASH_SIGNALS:
-                name = signal.Signals(stop.signo).name
-                raise RestoreFailed(f"the new version crashed with {name} during its start-up.")
-            self.tracee.syscall(stop.signo if stop.kind == "signal" else 0)
+                elif stop.signo in CRASH_SIGNALS:
+                    name = signal.Signals(stop.signo).name
+                    raise RestoreFailed(f"the new version crashed with {name} during its start-up.")
+                else:
+                    signo = stop.signo  # the program's own signal: deliver it
         result.not_reached = sorted(self._pending)
         if result.not_reached:
             raise RestoreFailed(
@@ -272,17 +264,35 @@ class Restorer:
         result.seconds = time.monotonic() - started
         return result
 
-    def _check_exit(self) -> None:
+    def _at_mark(self, reported: MarkStop, result: RestoreResult) -> bool:
+        """At a mark's stop: serve a tag; True at an update point, where the restore ends."""
+        self.control.take_stop()  # guarded: the marks stay armed
+        if reported.kind == KIND_POINT:
+            self.control.disarm()
+            return True
+        if reported.kind == KIND_TAG:
+            self._serve_tag(reported.what, reported.addr, reported.size, result)
+        return False
+
+    def _entering_mark(self) -> bool:
+        """At the entry of a watched system call: fail the restore at exit/exit_group;
+        True at the first system call of a mark's slow path.  From there the mark cannot
+        exit before it reports its stop (it waits for the tool while the update is
+        guarded), so it may run on without a stop at each of its system calls."""
+        regs = self.tracee.regs()
+        if regs.orig_rax in EXIT_SYSCALLS:
+            self._refuse_exit(regs)
+        return regs.rip == self.gadget + len(SYSCALL_BYTES)
+
+    def _refuse_exit(self, regs: user_regs_struct) -> None:
         """At the entry of exit/exit_group: cancel the call (the process must survive to be
         rolled back), step to its exit stop, and fail the restore."""
-        regs = self.tracee.regs()
-        if regs.orig_rax in EXIT_SYSCALLS and regs.rax == (ENOSYS & (1 << 64) - 1):
-            status = regs.rdi & 0xFF
-            regs.orig_rax = (1 << 64) - 1
-            self.tracee.set_regs(regs)
-            self.tracee.syscall()
-            self.tracee.wait_stop(5.0)
-            raise RestoreFailed(f"the new version called exit({status}) during its start-up.")
+        status = regs.rdi & 0xFF
+        regs.orig_rax = (1 << 64) - 1
+        self.tracee.set_regs(regs)
+        self.tracee.syscall()
+        self.tracee.wait_stop(5.0)
+        raise RestoreFailed(f"the new version called exit({status}) during its start-up.")
 
     def _tag_for(self, name: str, addr: int) -> TaggedVariable | None:
         candidates = [t for t in self.new.tags if t.name == name]

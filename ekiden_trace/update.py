@@ -11,30 +11,36 @@ the process keeps its PID, its fds and its state.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .control import ControlBlock, choose_stop_signal
+from .control import STOP_FUNCTION, ControlBlock, choose_stop_signal
 from .errors import BinaryError, EkidenError
 from .faults import kill_point
 from .guard import Guardian, GuardState
 from .inject import (
     clear_cloexec,
     exec_in_place,
+    file_gadget,
     find_function,
     find_syscall_gadget,
     open_fds,
     read_cmdline,
     read_environ,
     restore_cloexec,
+    syscall_gadget,
 )
 from .inspect_process import capture_stopped, check_point, program_of
 from .live import LiveProcess
 from .plan import UpdatePlan, check_snapshot, plan_update
-from .process import Tracee
+from .process import Tracee, sharing_cpu
 from .program import Program
 from .restore import RestoreFailed, Restorer
+from .snapshot import Snapshot
 from .stopping import halt, leave, wait_for_point
 from .trust import check_reachable, check_trusted, file_identity
 from .xform import Transformers, load_transformers
@@ -128,18 +134,40 @@ def prepare(pid: int, options: UpdateOptions) -> Prepared:
             "Run `ekiden-trace diff` for the full report."
         )
     identity = plan_update(old, old, Transformers())
+    _warm(old, new)
     return Prepared(old, new, plan, identity, transformers, file_identity(str(new.path)))
 
 
+def _warm(*programs: Program) -> None:
+    """Compute now what the pause would otherwise compute on first use: each version's
+    symbol table and its file decoded for the `syscall` of its marks (and so its image)."""
+    for program in programs:
+        _ = program.symbols
+        file_gadget(str(program.path), STOP_FUNCTION)
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """No cyclic garbage collection meanwhile: one over the debug info of both versions
+    can take longer than a whole pause.  Garbage is collected after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@_no_gc()
 def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -> UpdateReport:
     """Update process `pid` to options.new; raises with the process running v1 on failure."""
     report = UpdateReport(pid, os.path.realpath(f"/proc/{pid}/exe"), options.new)
     clock = _Clock(report)
     prepared = prepared or prepare(pid, options)
-    old, new, plan = prepared.old, prepared.new, prepared.plan
-    identity, transformers = prepared.identity, prepared.transformers
-    check_reachable(pid, new)
-    check_trusted(pid, new, options.force)
+    old, plan = prepared.old, prepared.plan
+    check_reachable(pid, prepared.new)
+    check_trusted(pid, prepared.new, options.force)
     report.dropped = [v.key for v in plan.variables if v.action == "dropped"]
     report.notes = [f"{t}: {n}" for t, notes in plan.type_notes.items() for n in notes]
     old_argv = read_cmdline(pid)
@@ -157,56 +185,28 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
     try:
         control.check()
         signo = choose_stop_signal(tracee)
+        gadget = syscall_gadget(tracee, str(old.path), STOP_FUNCTION, live.bias)
         report.point = wait_for_point(tracee, control, signo, options.point, options.timeout).what
         paused = clock.lap("wait")
-        snapshot = capture_stopped(live, tracee, report.point, now=False)
-        clock.lap("capture")
-        kill_point("captured")
-        problems = check_snapshot(plan, snapshot)
-        if problems:
-            raise PlanRefused("the captured state cannot be carried over: " + "; ".join(problems))
-        state = GuardState(
-            pid, str(old.path), snapshot, report.point, signo, old_argv, envp, [], options.timeout
-        )
-        stop_sym = old.symbols.by_name.get("ekiden__stop")
-        ranges = (
-            [(stop_sym.addr + live.bias, stop_sym.addr + stop_sym.size + live.bias)]
-            if stop_sym
-            else []
-        )
-        gadget = find_syscall_gadget(tracee, ranges)
-        state.cleared = clear_cloexec(tracee, gadget, open_fds(pid))
-        guardian.hand_over(state)
-        kill_point("cloexec")
-        try:
-            exec_in_place(tracee, gadget, str(new.path), argv, envp)
-        except EkidenError:
-            restore_cloexec(tracee, gadget, state.cleared)
-            raise
-        control = None  # the old control block went away with the old image
-        clock.lap("exec")
-        restorer = None
-        try:
-            restorer = Restorer(tracee, plan, snapshot, transformers, report.point, signo)
-            kill_point("exec")  # the new version is guarded from here on
-            if file_identity(f"/proc/{pid}/exe") != prepared.checked:
-                raise RestoreFailed(f"{new.path} changed between its check and the exec")
-            result = restorer.run(options.timeout)
-        except EkidenError as failure:
-            halt(tracee)  # an interruption may have come while v2 ran
-            gadget = restorer.gadget if restorer is not None else find_syscall_gadget(tracee, [])
-            roll_back_to(tracee, gadget, old, state, identity)
-            report.outcome = "rolled back"
-            raise RolledBack(
-                f"the update failed after the exec and was rolled back: {failure}",
-                report,
-                failure,
-            ) from None
-        restore_cloexec(tracee, restorer.gadget, state.cleared)
-        report.moved = result.written
-        report.initialised = result.initialised
-        report.objects = result.objects
-        report.bytes = result.bytes
+        guardian.watch_cpus(pid)
+        with sharing_cpu(pid):  # the tool and the process hand over to each other many times
+            snapshot = _capture(live, tracee, plan, report.point)
+            clock.lap("capture")
+            state = GuardState(
+                pid,
+                str(old.path),
+                snapshot,
+                report.point,
+                signo,
+                old_argv,
+                envp,
+                [],
+                options.timeout,
+            )
+            _exec_new(tracee, gadget, guardian, state, str(prepared.new.path), argv)
+            control = None  # the old control block went away with the old image
+            clock.lap("exec")
+            _restore_new(tracee, prepared, state, report)
         report.pause = time.monotonic() - paused
         clock.lap("restore")
         report.outcome = "updated"
@@ -215,6 +215,65 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
     finally:
         leave(tracee, control)
         guardian.done()
+
+
+def _capture(live: LiveProcess, tracee: Tracee, plan: UpdatePlan, point: str) -> Snapshot:
+    """The tagged state of the stopped process; PlanRefused when it cannot be carried over."""
+    snapshot = capture_stopped(live, tracee, point, now=False)
+    kill_point("captured")
+    problems = check_snapshot(plan, snapshot)
+    if problems:
+        raise PlanRefused("the captured state cannot be carried over: " + "; ".join(problems))
+    return snapshot
+
+
+def _exec_new(
+    tracee: Tracee,
+    gadget: int,
+    guardian: Guardian,
+    state: GuardState,
+    new_path: str,
+    argv: list[bytes],
+) -> None:
+    """Hand the state to the guardian, then exec the new version in place with every fd kept
+    open; on failure the process runs v1 as before."""
+    state.cleared = clear_cloexec(tracee, gadget, open_fds(state.pid))
+    guardian.hand_over(state)
+    kill_point("cloexec")
+    try:
+        exec_in_place(tracee, gadget, new_path, argv, state.envp)
+    except EkidenError:
+        restore_cloexec(tracee, gadget, state.cleared)
+        raise
+
+
+def _restore_new(
+    tracee: Tracee, prepared: Prepared, state: GuardState, report: UpdateReport
+) -> None:
+    """Bring the freshly exec'd version up to its first update point with the state, or
+    roll back to v1 and raise RolledBack."""
+    restorer = None
+    try:
+        restorer = Restorer(
+            tracee, prepared.plan, state.snapshot, prepared.transformers, state.point, state.signo
+        )
+        kill_point("exec")  # the new version is guarded from here on
+        if file_identity(f"/proc/{state.pid}/exe") != prepared.checked:
+            raise RestoreFailed(f"{prepared.new.path} changed between its check and the exec")
+        result = restorer.run(state.timeout)
+    except EkidenError as failure:
+        halt(tracee)  # an interruption may have come while v2 ran
+        gadget = restorer.gadget if restorer is not None else find_syscall_gadget(tracee, [])
+        roll_back_to(tracee, gadget, prepared.old, state, prepared.identity)
+        report.outcome = "rolled back"
+        raise RolledBack(
+            f"the update failed after the exec and was rolled back: {failure}", report, failure
+        ) from None
+    restore_cloexec(tracee, restorer.gadget, state.cleared)
+    report.moved = result.written
+    report.initialised = result.initialised
+    report.objects = result.objects
+    report.bytes = result.bytes
 
 
 def roll_back_to(

@@ -20,6 +20,7 @@ from conftest import REPO, needs_ptrace, process_state, tracer_of
 
 from ekiden_trace import inject, inject_images
 from ekiden_trace import ptrace as pt
+from ekiden_trace.elf import ElfBinary
 from ekiden_trace.inject import InjectionError
 from ekiden_trace.process import Tracee
 
@@ -249,6 +250,41 @@ def test_remote_getpid_leaves_registers_as_they_were(target: Target, tracee: Tra
     assert bytes(tracee.regs()) == before
 
 
+def test_a_batch_of_system_calls_comes_to_rest_once(target: Target, tracee: Tracee) -> None:
+    before = bytes(tracee.regs())
+    gadget = stop_gadget(tracee)
+    calls = [(39, ()), (3, (9999,)), (39, ())]  # getpid, close(9999), getpid
+    assert inject.remote_syscalls(tracee, gadget, calls) == [target.pid, -9, target.pid]
+    assert bytes(tracee.regs()) == before
+    assert tracee.stopped and tracee.pending_signal == 0
+    assert inject.remote_syscalls(tracee, gadget, []) == []
+    with pytest.raises(ValueError, match="execve"):
+        inject.remote_syscalls(tracee, gadget, [(inject.NR_EXECVE, (0, 0, 0))])
+
+
+def test_one_parse_of_a_library_names_addresses_as_the_elf_reader_does(target: Target) -> None:
+    (libc,) = [i for i in inject_images.mapped_images(target.pid) if "libc.so" in i.path]
+    with ElfBinary(libc.path) as elf:
+        assert set(libc.image.symbols) == set(elf.symbols())
+    assert libc.image.functions["malloc"].addr == next(
+        s.addr for s in libc.image.symbols if s.name == "malloc"
+    )
+
+
+def test_the_marks_gadget_is_decoded_from_the_file(
+    target: Target, tracee: Tracee, binaries: dict[str, Path]
+) -> None:
+    path = str(binaries["target"])
+    (program,) = [i for i in inject_images.mapped_images(target.pid) if i.path == path]
+    gadget = inject.syscall_gadget(tracee, path, "ekiden__stop", program.bias)
+    assert gadget == stop_gadget(tracee)
+    # Where the process's code is not the file's, any other gadget is used.
+    elsewhere = inject.syscall_gadget(tracee, path, "ekiden__stop", program.bias + 16)
+    start, end = inject.function_range(target.pid, "ekiden__stop")
+    assert not start <= elsewhere < end
+    assert inject.remote_syscall(tracee, elsewhere, 39) == target.pid
+
+
 def test_gadgets_in_the_program_and_in_libc(target: Target, tracee: Tracee) -> None:
     start, end = inject.function_range(target.pid, "ekiden__stop")
     ours = inject.find_syscall_gadget(tracee, [(start, end)])
@@ -404,6 +440,15 @@ def test_batch_malloc_uses_the_programs_own_allocator(target: Target, tracee: Tr
         inject.batch_malloc(tracee, gadget, malloc, [16, 1 << 62, 32])
 
 
+def test_a_batch_call_that_crashes_leaves_nothing_behind(target: Target, tracee: Tracee) -> None:
+    before, maps = bytes(tracee.regs()), tracee.maps()
+    crash = inject.find_function(target.pid, "crash")
+    with pytest.raises(InjectionError, match="crashed with SIGSEGV"):
+        inject.batch_call(tracee, stop_gadget(tracee), crash, [1, 2])
+    assert bytes(tracee.regs()) == before
+    assert tracee.maps() == maps  # the call loop's mapping is gone
+
+
 # -- exec in place ---------------------------------------------------------------------
 
 
@@ -452,6 +497,22 @@ def test_exec_failures_leave_the_old_program_running(
         assert bytes(tracee.regs()) == before
         assert tracee.maps() == maps  # the scratch area is gone again
     assert os.readlink(f"/proc/{target.pid}/exe").endswith("/target")
+
+
+def test_exec_with_an_environment_larger_than_the_stack_room(
+    target: Target, tracee: Tracee, binaries: dict[str, Path]
+) -> None:
+    gadget = stop_gadget(tracee)
+    envp = [f"BIG{i}=".encode() + bytes([65 + i]) * 100_000 for i in range(15)]  # 1.5 MB
+    maps = tracee.maps()
+    with pytest.raises(InjectionError, match="failed with ENOENT"):
+        inject.exec_in_place(tracee, gadget, "/nonexistent/program", [b"x"], envp)
+    assert tracee.maps() == maps  # its own mapping is gone again
+    inject.exec_in_place(tracee, gadget, str(binaries["child"]), [b"big"], envp)
+    assert inject.read_environ(target.pid) == envp
+    tracee.release()
+    assert target.line() == f"child {target.pid} [big] env=- open: {target.keep}"
+    target.prefix = "child "
 
 
 def test_cmdline_and_environ_are_exact_bytes(

@@ -18,7 +18,8 @@ from conftest import needs_ptrace
 
 from ekiden_trace import ptrace as pt
 from ekiden_trace.errors import TargetError, WaitTimeout
-from ekiden_trace.process import MemoryAccessError, Tracee, decode_status
+from ekiden_trace.inject_images import load_image
+from ekiden_trace.process import MemoryAccessError, Tracee, decode_status, read_auxv, sharing_cpu
 
 pytestmark = needs_ptrace
 
@@ -306,6 +307,53 @@ def test_decode_status() -> None:
     assert decode_status((4 << 16) | 0x057F).kind == "exec"
     assert decode_status(0x857F).kind == "syscall"
     assert decode_status(0x0A7F).kind == "signal"  # SIGUSR1
+
+
+def test_run_syscalls_stops_only_at_the_entry_of_a_watched_call(target: Target) -> None:
+    wait_blocked(target.pid)
+    with Tracee.seize(target.pid) as tracee:
+        with pytest.raises(WaitTimeout):  # blocked in read: no stop at all
+            tracee.run_syscalls({1}, time.monotonic() + 0.05)
+        tracee.interrupt()
+        tracee.wait_stop(TIMEOUT)
+        assert target.proc.stdin is not None
+        target.proc.stdin.write("sys\n")
+        target.proc.stdin.flush()
+        # The read returns (its exit stop is stepped over), then printf writes.
+        stop = tracee.run_syscalls({1}, time.monotonic() + TIMEOUT)
+        assert (stop.kind, tracee.stopped) == ("syscall", True)
+        regs = tracee.regs()
+        assert regs.orig_rax == 1 and regs.rax == -38 & (1 << 64) - 1  # entry: -ENOSYS
+        # With cont, nothing stops at system calls: next is the signal sent meanwhile.
+        os.kill(target.pid, signal.SIGUSR1)
+        stop = tracee.run_syscalls({0, 1}, time.monotonic() + TIMEOUT, cont=True)
+        assert (stop.kind, stop.signo) == ("signal", signal.SIGUSR1)
+        target.proc.stdin.close()
+        stop = tracee.run_syscalls({231}, time.monotonic() + TIMEOUT, stop.signo)
+        assert stop.kind == "syscall" and tracee.regs().orig_rax == 231  # exit_group, not run
+    assert target.line().endswith(" sys")
+    assert target.line() == "USR1"
+
+
+def test_auxv_gives_the_load_bias(target: Target, target_binary: Path) -> None:
+    image = load_image(str(target_binary))
+    assert image is not None
+    bias = read_auxv(target.pid)[9] - image.entry  # AT_ENTRY
+    assert image.functions["main"].addr + bias == target.main
+
+
+def test_sharing_cpu_pins_both_and_gives_their_cpus_back(
+    spawn: Callable[..., subprocess.Popen[str]], target_binary: Path
+) -> None:
+    proc = spawn(target_binary, "threads")
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    tasks = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")]
+    theirs, ours = os.sched_getaffinity(proc.pid), os.sched_getaffinity(0)
+    with sharing_cpu(proc.pid):
+        (cpu,) = os.sched_getaffinity(0)
+        assert os.sched_getaffinity(proc.pid) == {cpu}
+    assert os.sched_getaffinity(0) == ours
+    assert all(os.sched_getaffinity(task) == theirs for task in tasks)
 
 
 # -- registers and syscalls ------------------------------------------------------

@@ -40,6 +40,7 @@ def test_tool_killed_at(phase: str, nkeys: int) -> None:
     with start_server(fixture_binary("kvstore", "v1")) as server, KvClient(server.port) as client:
         client.pipeline([f"SET {k} {v}" for k, v in keys.items()])
         before = code_bytes(server.pid)
+        cpus = os.sched_getaffinity(server.pid)
         result = run_tool(
             "attach",
             str(server.pid),
@@ -62,6 +63,7 @@ def test_tool_killed_at(phase: str, nkeys: int) -> None:
         answers = client.pipeline([f"GET {k}" for k in keys])
         assert answers == [f"VALUE {v}" for v in keys.values()]
         assert client.count() == nkeys
+        assert os.sched_getaffinity(server.pid) == cpus  # given back by the guardian
         assert stats["clients"] == 1
         assert server.alive()
 

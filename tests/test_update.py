@@ -50,7 +50,9 @@ def test_counter_v1_to_v2_keeps_both_clients() -> None:
         inside = CounterClient(server.port)
         assert inside.send("one") == "v1 #1 echo: one"
         waiting = CounterClient(server.port)  # queued behind the first: not accepted yet
+        cpus = os.sched_getaffinity(server.pid)
         report = attach(server.pid, fixture_binary("counter", "v2"))
+        assert os.sched_getaffinity(server.pid) == cpus  # it shared one CPU with the tool
         assert report["point"] == "cl_loop"
         assert report["pid"] == server.pid
         assert "main:nclients" in report["moved"] and "handle_client:in" in report["moved"]
@@ -175,8 +177,10 @@ def test_failure_after_exec_rolls_back(
         args += ["--xform", str(script)]
     with start_server(fixture_binary("kvstore", "v1")) as server, KvClient(server.port) as client:
         client.pipeline([f"SET k{i} v{i}" for i in range(500)])
+        cpus = os.sched_getaffinity(server.pid)
         result = run_tool("attach", str(server.pid), "--new", str(fixture_binary(*new)), *args)
         assert result.returncode == 11, result.stderr
+        assert os.sched_getaffinity(server.pid) == cpus
         assert "rolled back" in result.stderr and words in result.stderr
         if xform == "raising":  # the user sees the transformer's own traceback
             assert "raising.py" in result.stderr and "return 1 // 0" in result.stderr
