@@ -220,6 +220,7 @@ class Restorer:
             if v.new is not None
             and (v.action == "transformer" or (v.action == "transfer" and v.old.key in captured))
         }
+        self._heap_written = False
 
     def run(self, timeout: float) -> RestoreResult:
         """Resume the new version until its first update point, serving its tags."""
@@ -303,6 +304,19 @@ class Restorer:
         # A local: tags of same-named locals in two functions are not told apart yet.
         return next((t for t in candidates if t.variable.location["kind"] != "addr"), None)
 
+    def _write_carried_heap(self) -> None:
+        """Allocate and write, in one batch, the heap reached by every variable that is
+        carried over as it is; done at the first tag written, when v2's allocator is ready."""
+        self._heap_written = True
+        roots = []
+        for variable in self.plan.variables:
+            if variable.action != "transfer" or variable.key not in self._pending:
+                continue
+            old = self._old_values.get(variable.old.key) if variable.old is not None else None
+            if old is not None and old.value is not None and variable.new is not None:
+                roots.append((old.value, variable.new.variable.type))
+        self.encoder.materialise(roots)
+
     def _serve_tag(self, name: str, addr: int, size: int, result: RestoreResult) -> None:
         tag = self._tag_for(name, addr)
         plan = self.plan.for_key(tag.key) if tag is not None else None
@@ -329,6 +343,8 @@ class Restorer:
         fault_point("restore-write")
         static = tag.variable.location["kind"] == "addr"
         buf = bytearray(self.tracee.read(addr, size) if static else bytes(size))
+        if not self._heap_written:
+            self._write_carried_heap()
         self.encoder.materialise([(value, tag.variable.type)])
         self.encoder.encode(value, tag.variable.type, buf, 0, tag.name)
         self.tracee.write(addr, bytes(buf))
