@@ -20,6 +20,7 @@ from .dwarf.expr import (
     ValueUnknown,
     evaluate,
 )
+from .dwarf.index import DebugIndex
 from .dwarf.types import TypeInfo, c_name, strip
 from .errors import EkidenError
 from .hints import PointerHint, UnionCase
@@ -69,6 +70,16 @@ class _Follow:
     pointee: int
     hint: PointerHint | None
     count: int | None
+
+
+def frame_functions(index: DebugIndex, frame: Frame, bias: int) -> list[str]:
+    """The functions a frame stands in, innermost first: those inlined at its pc, then the
+    out-of-line function itself (empty when no function of the program covers the pc)."""
+    lookup_pc = frame.lookup_pc - bias
+    function = index.function_at(lookup_pc)
+    if function is None:
+        return []
+    return [*index.inline_chain_at(lookup_pc), function.name]
 
 
 def _location_for_pc(location: dict, pc: int) -> bytes | None:
@@ -167,13 +178,11 @@ class Capturer:
         if var.location["kind"] == "addr":
             return "memory", var.location["addr"] + bias
         for frame in frames:
+            if var.function not in frame_functions(self.index, frame, bias):
+                continue
             lookup_pc = frame.lookup_pc - bias
             function = self.index.function_at(lookup_pc)
-            if function is None or var.function not in (
-                function.name,
-                *self.index.inline_chain_at(lookup_pc),
-            ):
-                continue
+            assert function is not None, "frame_functions found it"
             expr = _location_for_pc(var.location, lookup_pc)
             if expr is None:
                 return f"it is optimised out at {function.name}'s current line"

@@ -18,12 +18,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .capture import frame_functions
 from .control import KIND_POINT, KIND_TAG, STOP_FUNCTION, ControlBlock, MarkStop
 from .encode import ConversionError, Encoder
 from .errors import EkidenError, WaitTimeout
 from .faults import fault_point, kill_point
 from .inject import find_function, remote_call, remote_mmap, remote_munmap, syscall_gadget
 from .inject_images import SYSCALL_BYTES, load_image
+from .live import LiveProcess
 from .plan import UpdatePlan
 from .process import Tracee, read_auxv
 from .program import Program, TaggedVariable
@@ -301,8 +303,22 @@ class Restorer:
             loc = tag.variable.location
             if loc["kind"] == "addr" and loc["addr"] + self.bias == addr:
                 return tag
-        # A local: tags of same-named locals in two functions are not told apart yet.
-        return next((t for t in candidates if t.variable.location["kind"] != "addr"), None)
+        stack_tags = [t for t in candidates if t.variable.location["kind"] != "addr"]
+        if len(stack_tags) <= 1:
+            return next(iter(stack_tags), None)
+        return self._innermost(stack_tags)
+
+    def _innermost(self, tags: list[TaggedVariable]) -> TaggedVariable | None:
+        """Of same-named tagged locals of several functions, the one of the innermost active
+        function: the mark that stopped the process stands in it."""
+        live = LiveProcess(self.tracee.pid, self.new)
+        live.stopped(self.tracee)
+        for frame in live.frames():
+            for name in frame_functions(self.new.index, frame, live.bias):
+                found = next((t for t in tags if t.variable.function == name), None)
+                if found is not None:
+                    return found
+        return None
 
     def _write_carried_heap(self) -> None:
         """Allocate and write, in one batch, the heap reached by every variable that is
