@@ -8,6 +8,8 @@ parser (and its import) would cost more than the rest of the plan.
 from __future__ import annotations
 
 import struct
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -32,6 +34,8 @@ ET_DYN = 3
 SHT_SYMTAB, SHT_NOTE, SHT_NOBITS, SHT_DYNSYM = 2, 7, 8, 11
 SHF_WRITE, SHF_ALLOC = 0x1, 0x2
 PT_LOAD, PT_INTERP = 1, 3
+PF_X = 0x1
+STT_OBJECT, STT_FUNC, STT_GNU_IFUNC = 1, 2, 10
 SHN_UNDEF, SHN_XINDEX = 0, 0xFFFF
 STB_LOCAL = 0
 
@@ -44,6 +48,17 @@ class Symbol:
     addr: int
     size: int
     kind: str  # 'function' or 'object'
+    local: bool
+
+
+class SymbolEntry(NamedTuple):
+    """A defined, named entry of a symbol table, as the table has it."""
+
+    index: int  # its position in the table (what .gnu.version is indexed by)
+    name: str
+    addr: int
+    size: int
+    type: int  # STT_*
     local: bool
 
 
@@ -93,6 +108,7 @@ class _Segment:
     """What a program header says (the fields used here)."""
 
     type: int
+    flags: int
     offset: int
     vaddr: int
     filesz: int
@@ -147,11 +163,12 @@ class ElfBinary:
         ):
             raise self._damaged()
         self._type = header.type
+        self.entry = header.entry
         self._sections = self._read_sections(header.shoff, header.shnum, header.shstrndx)
         self._by_name = {section.name: section for section in self._sections}
         table = self._read(header.phoff, header.phnum * _SEGMENT.size)
         self._segments = [
-            _Segment(row[0], row[2], row[3], row[5]) for row in _SEGMENT.iter_unpack(table)
+            _Segment(row[0], row[1], row[2], row[3], row[5]) for row in _SEGMENT.iter_unpack(table)
         ]
         if not self._complete():
             raise self._damaged()
@@ -213,6 +230,15 @@ class ElfBinary:
         return min(loads) if loads else 0
 
     @property
+    def code_segments(self) -> list[tuple[int, int, int]]:
+        """(p_vaddr, p_offset, p_filesz) of the executable PT_LOAD segments."""
+        return [
+            (seg.vaddr, seg.offset, seg.filesz)
+            for seg in self._segments
+            if seg.type == PT_LOAD and seg.flags & PF_X
+        ]
+
+    @property
     def has_symtab(self) -> bool:
         """True when the full symbol table (.symtab) is present (not stripped)."""
         return ".symtab" in self._by_name
@@ -255,23 +281,37 @@ class ElfBinary:
 
     def symbols(self) -> list[Symbol]:
         """Defined function and object symbols, from .symtab or else .dynsym."""
-        table = self._by_name.get(".symtab") or self._by_name.get(".dynsym")
+        table = ".symtab" if self.has_symtab else ".dynsym"
+        return [
+            Symbol(entry.name, entry.addr, entry.size, _SYMBOL_KINDS[entry.type], entry.local)
+            for entry in self.symbol_entries(table)
+            if entry.type in _SYMBOL_KINDS
+        ]
+
+    def symbol_entries(self, table_name: str) -> Iterator[SymbolEntry]:
+        """The defined, named entries of one symbol table (.symtab or .dynsym), if present."""
+        table = self._by_name.get(table_name)
         if table is None or table.type not in (SHT_SYMTAB, SHT_DYNSYM):
-            return []
+            return
         if table.link >= len(self._sections):
             raise self._damaged()
         strings = self._sections[table.link]
         names = self._read(strings.offset, strings.size)
         data = self._read(table.offset, table.size - table.size % _SYMBOL.size)
-        symbols = []
-        for name_at, info, _other, shndx, value, size in _SYMBOL.iter_unpack(data):
-            kind = _SYMBOL_KINDS.get(info & 0xF)
-            if kind is None or shndx == SHN_UNDEF:
+        for index, (name_at, info, _, shndx, value, size) in enumerate(_SYMBOL.iter_unpack(data)):
+            if shndx == SHN_UNDEF:
                 continue
             name = _c_string(names, name_at)
             if name:
-                symbols.append(Symbol(name, value, size, kind, info >> 4 == STB_LOCAL))
-        return symbols
+                yield SymbolEntry(index, name, value, size, info & 0xF, info >> 4 == STB_LOCAL)
+
+    def symbol_versions(self) -> array:
+        """.gnu.version: the version index of each .dynsym entry (empty when absent)."""
+        versions = array("H")
+        section = self._by_name.get(".gnu.version")
+        if section is not None:
+            versions.frombytes(self._read(section.offset, section.size - section.size % 2))
+        return versions
 
     def readonly_ranges(self) -> list[tuple[int, int]]:
         """Link-time address ranges of loaded, non-writable sections (code and rodata)."""

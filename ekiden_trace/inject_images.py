@@ -10,36 +10,21 @@ that into an error message.
 
 from __future__ import annotations
 
-import mmap
 import os
-import struct
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
 
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from capstone.x86 import X86_INS_SYSCALL
 
-from .elf import Symbol
+from .elf import STT_FUNC, STT_GNU_IFUNC, ElfBinary, Symbol
+from .errors import BinaryError
 from .process import Mapping, read_maps
 
 SYSCALL_BYTES = b"\x0f\x05"
 _SCAN_CHUNK = 1 << 20
 _VERSYM_HIDDEN = 0x8000
-_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")  # Elf64_Ehdr
-_PHDR = struct.Struct("<IIQQQQQQ")  # Elf64_Phdr
-_SHDR = struct.Struct("<IIQQQQIIQQ")  # Elf64_Shdr
-_SYM = struct.Struct("<IBBHQQ")  # Elf64_Sym
-_EM_X86_64 = 62
-_PT_LOAD = 1
-_PF_X = 1
-_NT_GNU_BUILD_ID = 3
-_STT_OBJECT = 1
-_STT_FUNC = 2
-_STT_GNU_IFUNC = 10
-_STB_LOCAL = 0
-_SHN_UNDEF = 0
 _DECODER = Cs(CS_ARCH_X86, CS_MODE_64)
 
 Reader = Callable[[int, int], bytes]
@@ -89,117 +74,43 @@ _file_gadgets: dict[tuple[str, str], tuple[int, bytes] | None] = {}
 
 
 def load_image(path: str) -> ElfImage | None:
-    """Parse `path` (cached by device, inode, size and mtime); None when it is not ELF."""
+    """Read `path` (cached by device, inode, size and mtime); None when it is not an x86-64
+    ELF file."""
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-            if key not in _images:
-                _images[key] = _parse(f) if st.st_size >= _EHDR.size else None
-            return _images[key]
-    except OSError:
+        st = os.stat(path)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if key not in _images:
+            with ElfBinary(path) as elf:
+                functions = _functions(elf)
+                _images[key] = ElfImage(
+                    elf.build_id,
+                    elf.first_load_vaddr,
+                    elf.entry,
+                    functions,
+                    elf.symbols(),
+                    tuple(elf.code_segments),
+                )
+        return _images[key]
+    except (OSError, BinaryError):
         return None
 
 
-def _parse(f: BinaryIO) -> ElfImage | None:
-    """Read an x86-64 ELF file's load delta, build-id and function symbols.
-
-    Decoded with struct from a mapping of the file: pyelftools builds an
-    object per symbol and per section (hash tables included) and would take
-    tens to hundreds of milliseconds for libc, time an update cannot spend
-    while the target is paused.
-    """
-    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        try:
-            return _parse_elf(data)
-        except (struct.error, ValueError, IndexError):
-            return None
-
-
-def _parse_elf(data: mmap.mmap) -> ElfImage | None:
-    ident, _, machine, _, entry, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum, names = (
-        _EHDR.unpack_from(data)
-    )
-    if ident[:6] != b"\x7fELF\x02\x01" or machine != _EM_X86_64:
-        return None
-    loads = []
-    for i in range(phnum):
-        kind, flags, offset, vaddr, _, filesz, *_ = _PHDR.unpack_from(data, phoff + i * phentsize)
-        if kind == _PT_LOAD:
-            loads.append((offset, vaddr, filesz, flags))
-    if not loads:
-        return None
-    headers = (
-        [_SHDR.unpack_from(data, shoff + i * shentsize) for i in range(shnum)] if shoff else []
-    )
-    section_names = _section_data(data, headers[names]) if headers else b""
-    sections = {_cstring(section_names, h[0]): h for h in headers}
-    offset, vaddr, *_ = min(loads)
-    functions, symbols = _symbols(data, headers, sections)
-    code = tuple((v, o, size) for o, v, size, flags in loads if flags & _PF_X)
-    return ElfImage(_build_id(data, sections), vaddr - offset, entry, functions, symbols, code)
-
-
-def _section_data(data: mmap.mmap, header: tuple[int, ...]) -> bytes:
-    offset, size = header[4], header[5]
-    return data[offset : offset + size]
-
-
-def _cstring(table: bytes, at: int) -> str:
-    return table[at : table.index(b"\0", at)].decode("utf-8", "replace")
-
-
-def _build_id(data: mmap.mmap, sections: dict[str, tuple[int, ...]]) -> str | None:
-    header = sections.get(".note.gnu.build-id")
-    notes = _section_data(data, header) if header else b""
-    pos = 0
-    while pos + 12 <= len(notes):
-        namesz, descsz, kind = struct.unpack_from("<III", notes, pos)
-        pos += 12
-        name = notes[pos : pos + namesz]
-        pos += (namesz + 3) & ~3
-        if name == b"GNU\0" and kind == _NT_GNU_BUILD_ID:
-            return notes[pos : pos + descsz].hex()
-        pos += (descsz + 3) & ~3
-    return None
-
-
-def _symbols(
-    data: mmap.mmap, headers: list[tuple[int, ...]], sections: dict[str, tuple[int, ...]]
-) -> tuple[dict[str, FunctionSymbol], list[Symbol]]:
-    """Defined functions by name (a global default-version definition wins over others),
-    and the functions and objects of .symtab (or else .dynsym) for naming addresses."""
+def _functions(elf: ElfBinary) -> dict[str, FunctionSymbol]:
+    """Defined functions of .dynsym and .symtab by name; a global default-version
+    definition wins over a hidden version or a local one."""
     best: dict[str, tuple[int, FunctionSymbol]] = {}
-    naming = ".symtab" if ".symtab" in sections else ".dynsym"
-    named: list[Symbol] = []
-    for table_name in (".dynsym", ".symtab"):
-        table = sections.get(table_name)
-        if table is None or table[9] != _SYM.size:
-            continue
-        names = _section_data(data, headers[table[6]])  # sh_link: its string table
-        versions = array("H")
-        versym = sections.get(".gnu.version") if table_name == ".dynsym" else None
-        if versym is not None:
-            versions.frombytes(_section_data(data, versym))
-        symbols = _section_data(data, table)
-        for index, (name_at, info, _, shndx, value, size) in enumerate(_SYM.iter_unpack(symbols)):
-            kind = info & 0xF
-            if kind not in (_STT_FUNC, _STT_GNU_IFUNC, _STT_OBJECT) or shndx == _SHN_UNDEF:
+    for table in (".dynsym", ".symtab"):
+        versions = elf.symbol_versions() if table == ".dynsym" else array("H")
+        for entry in elf.symbol_entries(table):
+            if entry.type not in (STT_FUNC, STT_GNU_IFUNC) or not entry.addr:
                 continue
-            name = _cstring(names, name_at)
-            if not name:
-                continue
-            local = info >> 4 == _STB_LOCAL
-            if table_name == naming and kind != _STT_GNU_IFUNC:
-                what = "object" if kind == _STT_OBJECT else "function"
-                named.append(Symbol(name, value, size, what, local))
-            if kind == _STT_OBJECT or not value:
-                continue
-            hidden = index < len(versions) and versions[index] & _VERSYM_HIDDEN
-            rank = (2 if local else 0) + (1 if hidden else 0)
-            if name not in best or rank < best[name][0]:
-                best[name] = (rank, FunctionSymbol(name, value, size, kind == _STT_GNU_IFUNC))
-    return {name: found for name, (_, found) in best.items()}, named
+            hidden = entry.index < len(versions) and versions[entry.index] & _VERSYM_HIDDEN
+            rank = (2 if entry.local else 0) + (1 if hidden else 0)
+            if entry.name not in best or rank < best[entry.name][0]:
+                ifunc = entry.type == STT_GNU_IFUNC
+                found = FunctionSymbol(entry.name, entry.addr, entry.size, ifunc)
+                best[entry.name] = (rank, found)
+    return {name: found for name, (_, found) in best.items()}
 
 
 def mapped_images(pid: int, maps: list[Mapping] | None = None) -> list[MappedImage]:

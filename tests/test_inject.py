@@ -151,32 +151,6 @@ def binaries(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture
-def spawn() -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    """Start children that are killed and reaped at the end of the test."""
-    children: list[subprocess.Popen[str]] = []
-
-    def start(*argv: str | Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [str(a) for a in argv],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        children.append(proc)
-        return proc
-
-    yield start
-    for proc in children:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                stream.close()
-
-
-@pytest.fixture
 def target(spawn: Callable[..., subprocess.Popen[str]], binaries: dict[str, Path]) -> Target:
     return Target(spawn(binaries["target"]))
 

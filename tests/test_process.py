@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -117,28 +117,6 @@ def target_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     binary = build / "target"
     subprocess.run(["gcc", "-g", "-O0", "-pthread", "-o", binary, source], check=True)
     return binary
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    """Start child processes that are killed and reaped at the end of the test."""
-    children: list[subprocess.Popen[str]] = []
-
-    def start(*argv: str | Path) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [str(a) for a in argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        children.append(proc)
-        return proc
-
-    yield start
-    for proc in children:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                stream.close()
 
 
 @pytest.fixture

@@ -58,8 +58,17 @@ def build(tmp_path: Path, version: int) -> Path:
     source.write_text(SOURCE)
     binary = tmp_path / f"twins-v{version}"
     subprocess.run(
-        ["gcc", "-g", "-O2", f"-DVERSION={version}", "-I", str(REPO / "probes"), str(source)]
-        + ["-o", str(binary)],
+        [
+            "gcc",
+            "-g",
+            "-O2",
+            f"-DVERSION={version}",
+            "-I",
+            str(REPO / "probes"),
+            str(source),
+            "-o",
+            str(binary),
+        ],
         check=True,
     )
     return binary
