@@ -136,6 +136,15 @@ def read_maps(pid: int) -> list[Mapping]:
     return result
 
 
+def _iovecs(spans: Sequence[tuple[int, int]]) -> array:
+    """(addr, size) spans as an array of struct iovec."""
+    flat = array("Q")
+    for addr, size in spans:
+        flat.append(addr)
+        flat.append(size)
+    return flat
+
+
 def read_auxv(pid: int) -> dict[int, int]:
     """The auxiliary vector the kernel gave `pid` at its last exec (AT_* type -> value)."""
     with open(f"/proc/{pid}/auxv", "rb") as f:
@@ -531,10 +540,7 @@ class Tracee:
         return out
 
     def _readv(self, spans: Sequence[tuple[int, int]], first: int) -> list[bytes]:
-        remote = array("Q")
-        for addr, size in spans:
-            remote.append(addr)
-            remote.append(size)
+        remote = _iovecs(spans)
         total = sum(remote[1::2])
         if not total:
             return [b""] * len(spans)
@@ -633,10 +639,7 @@ class Tracee:
         for first in range(0, len(spans), _IOV_MAX):
             batch = spans[first : first + _IOV_MAX]
             data = b"".join(chunk for _, chunk in batch)
-            remote = array("Q")
-            for addr, chunk in batch:
-                remote.append(addr)
-                remote.append(len(chunk))
+            remote = _iovecs([(addr, len(chunk)) for addr, chunk in batch])
             local = _Iovec(ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value, len(data))
             done = _process_vm_writev(
                 self.pid, ctypes.byref(local), 1, remote.buffer_info()[0], len(batch), 0
