@@ -25,6 +25,10 @@ def _memory_gb() -> float:
     return 0.0
 
 
+# Changes to tracked files, except BENCHMARKS.md: a previous run's output is no change.
+CHANGES = ("status", "--porcelain", "--untracked-files=no", "--", ".", ":!BENCHMARKS.md")
+
+
 def _commit() -> str:
     try:
         head = subprocess.run(
@@ -34,7 +38,7 @@ def _commit() -> str:
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(REPO), *CHANGES],
             capture_output=True,
             text=True,
         ).stdout.strip()
