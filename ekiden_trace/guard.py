@@ -57,10 +57,14 @@ class Guardian:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ekiden_trace", "_guard"],
             stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             start_new_session=True,  # a Ctrl-C meant for the tool does not reach it
             env=env,
         )
+        # Its start-up (an interpreter and imports, ~0.1 s of CPU) must not overlap the
+        # pause, where it would take turns on the CPU with the tool and the target.
+        assert self.proc.stdout is not None
+        self.proc.stdout.readline()  # "ready", or nothing if it failed to start
         self._state: Path | None = None
         self._writer: int | None = None  # the forked copy writing a large state
 
@@ -153,6 +157,7 @@ def _wait_for_state(path: Path) -> GuardState | None:
 
 def run_guardian() -> int:
     """The `_guard` entry point: wait for the tool's word, and act if it dies instead."""
+    print("ready", flush=True)
     state_file: Path | None = None
     cpus: tuple[int, set[int]] | None = None
     for line in sys.stdin:
