@@ -177,8 +177,8 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
     # The new version loads the same libc: resolving malloc now parses its symbols
     # (cached by file) before the pause instead of during the restore.
     find_function(pid, "malloc")
-    clock.lap("plan")
     guardian = Guardian()
+    clock.lap("plan")
     tracee = Tracee.seize(pid)
     kill_point("attached")
     control: ControlBlock | None = ControlBlock(tracee, old.marks.control + live.bias)
