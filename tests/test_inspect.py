@@ -91,6 +91,17 @@ def test_inspect_shows_every_key_as_the_server_answers(kvstore: Any) -> None:
         assert_untouched(kvstore, before, client)
 
 
+def test_long_strings_are_read_whole(kvstore: Any) -> None:
+    """Strings longer than the first read of a string, many of them across page ends."""
+    with KvClient(kvstore.port) as client:
+        keys = {f"long{i}": f"{i:04d}" + chr(ord("a") + i % 26) * (1000 - 4) for i in range(60)}
+        assert set(client.pipeline([f"SET {k} {v}" for k, v in keys.items()])) == {"OK"}
+
+        contents, _ = table_contents(tool_json("inspect", str(kvstore.pid)))
+
+        assert contents == keys
+
+
 def test_inspect_agrees_with_drgn(kvstore: Any) -> None:
     drgn = pytest.importorskip("drgn")
     with KvClient(kvstore.port) as client:

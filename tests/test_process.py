@@ -389,6 +389,23 @@ def test_read_write_round_trip(target: Target) -> None:
     assert target.ask("x") == "42 x"
 
 
+def test_write_many_batches_and_falls_back_where_process_vm_writev_cannot(
+    target: Target,
+) -> None:
+    with Tracee.seize(target.pid) as tracee:
+        code = tracee.read(target.main, 32)
+        spans = [(target.text + i % 12, b"HELLO EKIDEN"[i % 12 : i % 12 + 1]) for i in range(3000)]
+        tracee.write_many(spans)  # three system calls of at most 1024 spans
+        assert tracee.read_cstring(target.text) == b"HELLO EKIDEN"
+        # Read-only code makes the batch fail; it is written span by span instead.
+        tracee.write_many([(target.counter, (7).to_bytes(8, "little")), (target.main, code)])
+        assert tracee.read_word(target.counter) == 7
+        assert tracee.read(target.main, 32) == code
+        with pytest.raises(MemoryAccessError, match="0x8 is not mapped"):
+            tracee.write_many([(target.counter, bytes(8)), (8, b"z")])
+    assert target.ask("x") == "0 x"
+
+
 def test_reads_stop_at_unmapped_memory(target: Target) -> None:
     page = target.edge
     with Tracee.seize(target.pid) as tracee:
