@@ -30,6 +30,13 @@ def run_tool(
     )
 
 
+def compile_marked(source: Path, binary: Path, *flags: str) -> Path:
+    """Compile a C program that includes ekiden.h (gcc -I probes FLAGS); the binary."""
+    cmd = ["gcc", "-I", str(REPO / "probes"), *flags, str(source), "-o", str(binary)]
+    subprocess.run(cmd, check=True)
+    return binary
+
+
 def tool_json(*args: str) -> Any:
     """Run `ekiden-trace ARGS --json`, require success, and parse its output."""
     result = run_tool(*args, "--json")

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from clients import KvClient, code_bytes, fixture_binary, start_server
-from conftest import REPO, needs_ptrace, process_state, run_tool
+from conftest import REPO, compile_marked, needs_ptrace, process_state, run_tool
 
 pytestmark = needs_ptrace
 
@@ -33,10 +33,7 @@ def zombie_pid() -> tuple[int, Callable[[], None]]:
 def build(tmp: Path, name: str, source: str, *flags: str) -> str:
     path = tmp / f"{name}.c"
     path.write_text(textwrap.dedent(source))
-    out = tmp / name
-    cmd = ["gcc", "-O2", "-I", str(REPO / "probes"), *flags, str(path), "-o", str(out)]
-    subprocess.run(cmd, check=True)
-    return str(out)
+    return str(compile_marked(path, tmp / name, "-O2", *flags))
 
 
 MARKED = """
@@ -101,21 +98,7 @@ def case_args(case: str, pid: int, tmp: Path) -> tuple[list[str], int, str]:
         return [*new, static], 2, "has no ekiden marks"
     if case == "new binary without DWARF":
         source = fixture_binary("kvstore", "v2").with_suffix(".c")
-        out = tmp / "nodwarf"
-        subprocess.run(
-            [
-                "gcc",
-                "-std=c99",
-                "-D_GNU_SOURCE",
-                "-O2",
-                "-I",
-                str(REPO / "probes"),
-                str(source),
-                "-o",
-                str(out),
-            ],
-            check=True,
-        )
+        out = compile_marked(source, tmp / "nodwarf", "-std=c99", "-D_GNU_SOURCE", "-O2")
         return [*new, str(out)], 2, "no DWARF debug info"
     if case == "new binary stripped":
         shutil.copy(V2, tmp / "stripped")

@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 from clients import fixture_binary
-from conftest import REPO, run_tool, tool_json
+from conftest import REPO, compile_marked, run_tool, tool_json
 
 XFORMS = REPO / "fixtures" / "kvstore"
 
@@ -56,11 +56,7 @@ def test_new_tag_is_initialised_by_v2() -> None:
 def build(tmp_path: Path, name: str, source: str) -> Path:
     path = tmp_path / f"{name}.c"
     path.write_text(textwrap.dedent(source))
-    binary = tmp_path / name
-    subprocess.run(
-        ["gcc", "-g", "-O2", "-I", str(REPO / "probes"), str(path), "-o", str(binary)], check=True
-    )
-    return binary
+    return compile_marked(path, tmp_path / name, "-g", "-O2")
 
 
 PROGRAM = """

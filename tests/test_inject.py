@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
-from conftest import REPO, needs_ptrace, process_state, tracer_of
+from conftest import REPO, compile_marked, needs_ptrace, process_state, tracer_of
 
 from ekiden_trace import inject, inject_images
 from ekiden_trace import ptrace as pt
@@ -26,7 +26,6 @@ from ekiden_trace.process import Tracee
 
 pytestmark = needs_ptrace
 
-PROBES = REPO / "probes"
 
 TARGET_C = r"""
 #include <errno.h>
@@ -132,11 +131,7 @@ def wait_blocked(pid: int) -> None:
 
 def build(directory: Path, name: str, source: str) -> Path:
     (directory / f"{name}.c").write_text(source)
-    binary = directory / name
-    subprocess.run(
-        ["gcc", "-g", "-O2", "-I", str(PROBES), "-o", binary, directory / f"{name}.c"], check=True
-    )
-    return binary
+    return compile_marked(directory / f"{name}.c", directory / name, "-g", "-O2")
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from clients import CounterClient, KvClient, code_bytes, fixture_binary, start_server
-from conftest import REPO, needs_ptrace, process_state, run_tool, tool_json, tracer_of
+from conftest import (
+    compile_marked,
+    needs_ptrace,
+    process_state,
+    run_tool,
+    tool_json,
+    tracer_of,
+)
 
 pytestmark = needs_ptrace
 
@@ -205,21 +211,7 @@ def test_json_is_stable_and_complete(kvstore: Any) -> None:
 def test_inspect_at_other_optimisation_levels(level: str, tmp_path: Path) -> None:
     binary = tmp_path / f"kvstore{level}"
     source = fixture_binary("kvstore", "v1").with_suffix(".c")
-    subprocess.run(
-        [
-            "gcc",
-            "-std=c99",
-            "-D_GNU_SOURCE",
-            "-g",
-            level,
-            "-I",
-            str(REPO / "probes"),
-            str(source),
-            "-o",
-            str(binary),
-        ],
-        check=True,
-    )
+    compile_marked(source, binary, "-std=c99", "-D_GNU_SOURCE", "-g", level)
     with start_server(binary) as server, KvClient(server.port) as client:
         keys = {f"k{i}": f"v{i}" for i in range(100)}
         client.pipeline([f"SET {k} {v}" for k, v in keys.items()])

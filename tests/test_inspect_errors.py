@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from clients import CounterClient, KvClient, code_bytes, fixture_binary, start_server
-from conftest import REPO, needs_ptrace, process_state, run_tool, tracer_of
+from conftest import REPO, compile_marked, needs_ptrace, process_state, run_tool, tracer_of
 
 pytestmark = needs_ptrace
 
@@ -180,20 +180,7 @@ def test_multi_threaded_target(tmp_path: Path) -> None:
     """)
     )
     binary = tmp_path / "threads"
-    subprocess.run(
-        [
-            "gcc",
-            "-g",
-            "-O2",
-            "-pthread",
-            "-I",
-            str(REPO / "probes"),
-            str(source),
-            "-o",
-            str(binary),
-        ],
-        check=True,
-    )
+    compile_marked(source, binary, "-g", "-O2", "-pthread")
     proc = subprocess.Popen([str(binary)], stdout=subprocess.PIPE, text=True)
     try:
         proc.stdout.readline()

@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 from clients import CounterClient, KvClient, code_bytes, fixture_binary, start_server
-from conftest import REPO, needs_ptrace, run_tool, tracer_of, wait_traced
+from conftest import REPO, compile_marked, needs_ptrace, run_tool, tracer_of, wait_traced
 
 pytestmark = needs_ptrace
 
@@ -102,10 +102,7 @@ def test_crafted_lengths_cannot_make_the_tool_read_without_bound(tmp_path: Path)
         }
     """)
     )
-    binary = tmp_path / "crafted"
-    subprocess.run(
-        ["gcc", "-g", "-O2", "-I", str(REPO / "probes"), str(source), "-o", str(binary)], check=True
-    )
+    binary = compile_marked(source, tmp_path / "crafted", "-g", "-O2")
     with start_server(binary) as server:
         before = code_bytes(server.pid)
         result = run_tool("inspect", str(server.pid), timeout=120)

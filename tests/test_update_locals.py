@@ -6,7 +6,7 @@ import subprocess
 import textwrap
 from pathlib import Path
 
-from conftest import REPO, needs_ptrace, run_tool
+from conftest import compile_marked, needs_ptrace, run_tool
 
 pytestmark = needs_ptrace
 
@@ -56,22 +56,9 @@ SOURCE = textwrap.dedent(
 def build(tmp_path: Path, version: int) -> Path:
     source = tmp_path / "twins.c"
     source.write_text(SOURCE)
-    binary = tmp_path / f"twins-v{version}"
-    subprocess.run(
-        [
-            "gcc",
-            "-g",
-            "-O2",
-            f"-DVERSION={version}",
-            "-I",
-            str(REPO / "probes"),
-            str(source),
-            "-o",
-            str(binary),
-        ],
-        check=True,
+    return compile_marked(
+        source, tmp_path / f"twins-v{version}", "-g", "-O2", f"-DVERSION={version}"
     )
-    return binary
 
 
 def ask(proc: subprocess.Popen[str]) -> str:
