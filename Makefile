@@ -46,7 +46,7 @@ test: setup fixtures
 
 .PHONY: bench
 bench: setup fixtures
-	$(PY) tests/bench/run.py
+	$(PY) bench/run.py
 
 demo: setup fixtures
 	$(PY) fixtures/demo.py
@@ -57,9 +57,11 @@ soak: setup fixtures
 demo-ftp: setup fixtures
 	$(PY) fixtures/demo_ftp.py
 
+# ruff, and the package layering (tests/layering.py: lower layers never import upper ones, no cycles).
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) tests/layering.py
 
 clean:
 	rm -f $(FIXTURES)

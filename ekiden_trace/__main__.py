@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli import main
+from ekiden_trace.cli import main
 
 sys.exit(main())

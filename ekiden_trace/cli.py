@@ -8,15 +8,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from .abort import Interrupted, aborting_on_signals
-from .errors import EkidenError
+from ekiden_trace.errors import EkidenError
+from ekiden_trace.ops.interrupts import Interrupted, aborting_on_signals
 
 USAGE_ERROR = 64
 PARTIAL_FAILURE = 12
 
 if TYPE_CHECKING:
-    from .tree import TreeOutcome
-    from .update import UpdateReport
+    from ekiden_trace.ops.tree import TreeOutcome
+    from ekiden_trace.ops.update import UpdateReport
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,8 +42,8 @@ def _cmd_cflags(_args: argparse.Namespace) -> int:
 
 
 def _cmd_points(args: argparse.Namespace) -> int:
-    from .program import Program
-    from .render import points_json, points_text
+    from ekiden_trace.binary.program import Program
+    from ekiden_trace.render import points_json, points_text
 
     program = Program(args.binary)
     if args.json:
@@ -54,8 +54,8 @@ def _cmd_points(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .inspect_process import InspectOptions, inspect
-    from .render import snapshot_json, snapshot_text
+    from ekiden_trace.ops.inspect import InspectOptions, inspect
+    from ekiden_trace.render import snapshot_json, snapshot_text
 
     options = InspectOptions(point=args.point, now=args.now, timeout=args.timeout)
     snapshot = inspect(args.pid, options)
@@ -67,10 +67,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_diff(args: argparse.Namespace) -> int:
-    from .plan import plan_update
-    from .program import Program
-    from .render import plan_json, plan_text
-    from .xform import load_transformers
+    from ekiden_trace.binary.program import Program
+    from ekiden_trace.plan.planner import plan_update
+    from ekiden_trace.plan.transformers import load_transformers
+    from ekiden_trace.render import plan_json, plan_text
 
     plan = plan_update(Program(args.old), Program(args.new), load_transformers(args.xform))
     if args.json:
@@ -81,8 +81,8 @@ def _cmd_diff(args: argparse.Namespace) -> int:
 
 
 def _cmd_attach(args: argparse.Namespace) -> int:
-    from .tree import update_tree
-    from .update import RolledBack, UpdateOptions, update
+    from ekiden_trace.ops.tree import update_tree
+    from ekiden_trace.ops.update import RolledBack, UpdateOptions, update
 
     options = UpdateOptions(
         new=args.new,
@@ -105,7 +105,7 @@ def _cmd_attach(args: argparse.Namespace) -> int:
 
 
 def _print_report(report: UpdateReport, as_json: bool) -> None:
-    from .render import report_json, report_text
+    from ekiden_trace.render import report_json, report_text
 
     if as_json:
         print(json.dumps(report_json(report), indent=2))
@@ -114,7 +114,7 @@ def _print_report(report: UpdateReport, as_json: bool) -> None:
 
 
 def _print_tree(outcomes: list[TreeOutcome], as_json: bool) -> int:
-    from .render import tree_json, tree_text
+    from ekiden_trace.render import tree_json, tree_text
 
     if as_json:
         print(json.dumps(tree_json(outcomes), indent=2))
@@ -127,7 +127,7 @@ def _print_tree(outcomes: list[TreeOutcome], as_json: bool) -> int:
 
 
 def _cmd_guard(_args: argparse.Namespace) -> int:
-    from .guard import run_guardian
+    from ekiden_trace.ops.guardian import run_guardian
 
     return run_guardian()
 

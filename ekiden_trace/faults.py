@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 
-from .errors import EkidenError
+from ekiden_trace.errors import EkidenError
 
 ENV = "EKIDEN_TRACE_FAULT"
 KILL_ENV = "EKIDEN_TRACE_KILL_AT"

@@ -10,8 +10,8 @@ import dataclasses
 import json
 from typing import TYPE_CHECKING, Any
 
-from .program import Program
-from .snapshot import (
+from ekiden_trace.binary.program import Program
+from ekiden_trace.state.snapshot import (
     ArrayValue,
     CharArray,
     EnumValue,
@@ -29,9 +29,9 @@ from .snapshot import (
 )
 
 if TYPE_CHECKING:
-    from .plan import UpdatePlan
-    from .tree import TreeOutcome
-    from .update import UpdateReport
+    from ekiden_trace.ops.tree import TreeOutcome
+    from ekiden_trace.ops.update import UpdateReport
+    from ekiden_trace.plan.planner import UpdatePlan
 
 INSPECT_FORMAT = "ekiden-trace/inspect/1"
 POINTS_FORMAT = "ekiden-trace/points/1"

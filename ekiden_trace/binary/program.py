@@ -1,0 +1,164 @@
+"""The static model of a marked binary: its marks resolved against its DWARF.
+
+Everything here is computed before any process is touched, and its slow part
+(the DWARF index) is cached on disk per build-id.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from ekiden_trace.binary.dwarf.index import DebugIndex, Variable
+from ekiden_trace.binary.dwarf.types import byte_size, c_name
+from ekiden_trace.binary.elf import ElfBinary, Symbol
+from ekiden_trace.binary.hints import Hints
+from ekiden_trace.binary.marks import Marks, read_marks
+from ekiden_trace.errors import BinaryError
+
+
+@dataclass(frozen=True)
+class UpdatePoint:
+    """An update point with where it stands in the source."""
+
+    name: str
+    pc: int
+    function: str | None
+    file: str | None
+    line: int | None
+
+
+@dataclass(frozen=True)
+class TaggedVariable:
+    """A tagged variable: its DWARF description and its identity across versions."""
+
+    variable: Variable
+    c_type: str
+    declaration: str
+    size: int | None
+
+    @property
+    def name(self) -> str:
+        return self.variable.name
+
+    @property
+    def scope(self) -> str:
+        return self.variable.scope
+
+    @property
+    def key(self) -> str:
+        """Identity across versions: by name, by compilation unit, or by function."""
+        var = self.variable
+        if var.scope == "global":
+            return var.name
+        if var.scope == "file_static":
+            return f"{var.cu}:{var.name}"
+        return f"{var.function}:{var.name}"
+
+    def describe_scope(self) -> str:
+        """'global', 'file static (kv.c)', 'function static of f', 'local of main'."""
+        var = self.variable
+        if var.scope == "global":
+            return "global"
+        if var.scope == "file_static":
+            return f"file static of {Path(var.cu).name}"
+        if var.scope == "function_static":
+            return f"function static of {var.function}"
+        return f"{'parameter' if var.scope == 'parameter' else 'local'} of {var.function}"
+
+
+class SymbolTable:
+    """Symbols of one binary sorted by address, for naming code and data addresses."""
+
+    def __init__(self, symbols: list[Symbol]) -> None:
+        self._symbols = sorted(symbols, key=lambda s: (s.addr, -s.size))
+        self._starts = [s.addr for s in self._symbols]
+        self.by_name = {s.name: s for s in self._symbols if not s.local}
+        for sym in self._symbols:
+            self.by_name.setdefault(sym.name, sym)
+
+    def containing(self, addr: int) -> Symbol | None:
+        """The symbol whose extent holds a link-time address (or starts at it)."""
+        i = bisect.bisect_right(self._starts, addr) - 1
+        while i >= 0 and self._symbols[i].addr <= addr:
+            sym = self._symbols[i]
+            if addr < sym.addr + max(sym.size, 1):
+                return sym
+            if addr - sym.addr > 1 << 20:
+                break
+            i -= 1
+        return None
+
+
+class Program:
+    """A marked binary: its points, tagged variables and hints, resolved through DWARF."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.elf = ElfBinary(path)
+        self.path = self.elf.path
+        self.marks: Marks = read_marks(self.elf)
+        if not self.elf.has_debug_info:
+            stripped = "is stripped" if not self.elf.has_symtab else "has no DWARF debug info"
+            raise BinaryError(
+                f"{self.path} {stripped}; ekiden-trace reads state through DWARF, so build it "
+                "with -g and run the unstripped binary."
+            )
+        self.index = DebugIndex.load(str(self.path))
+        self.hints = Hints.from_marks(self.marks.hints)
+
+    @property
+    def build_id(self) -> str:
+        return self.index.build_id
+
+    @cached_property
+    def symbols(self) -> SymbolTable:
+        return SymbolTable(self.elf.symbols())
+
+    @cached_property
+    def points(self) -> list[UpdatePoint]:
+        """Update points, one per name and address, in address order."""
+        seen = {}
+        for mark in self.marks.points:
+            func = self.index.function_at(mark.pc)
+            where = self.index.line_at(mark.pc)
+            seen[(mark.name, mark.pc)] = UpdatePoint(
+                mark.name,
+                mark.pc,
+                func.name if func else None,
+                where[0] if where else None,
+                where[1] if where else None,
+            )
+        return sorted(seen.values(), key=lambda p: p.pc)
+
+    @cached_property
+    def point_names(self) -> set[str]:
+        return {p.name for p in self.points}
+
+    @cached_property
+    def tags(self) -> list[TaggedVariable]:
+        """Tagged variables, each once, resolved as C resolves the name at the tag."""
+        found: dict[str, TaggedVariable] = {}
+        for mark in self.marks.tags:
+            var = self.index.resolve(mark.pc, mark.name, mark.file)
+            if var is None:
+                where = self.index.line_at(mark.pc)
+                at = f"{where[0]}:{where[1]}" if where else mark.file
+                raise BinaryError(
+                    f"the tag of `{mark.name}` at {at} names no variable in {self.path}'s "
+                    "debug info; tag a plain variable name and rebuild with -g."
+                )
+            types = self.index.types
+            tagged = TaggedVariable(
+                var,
+                c_name(types, var.type),
+                c_name(types, var.type, var.name),
+                byte_size(types, var.type),
+            )
+            found.setdefault(tagged.key, tagged)
+        return sorted(found.values(), key=lambda t: (t.scope != "global", t.key))
+
+    def tag_named(self, name: str) -> TaggedVariable | None:
+        """A tagged variable by its plain name (the first when several share it)."""
+        return next((t for t in self.tags if t.name == name), None)

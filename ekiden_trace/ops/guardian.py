@@ -1,0 +1,215 @@
+"""The guardian: a second process that finishes an update when the tool dies during it.
+
+The tool starts it before the pause and hands it the captured state once it
+has it: a small state is written at once; a large one is written by a forked
+copy of the tool, so that the pause does not wait for it (a fork costs a few
+milliseconds, pickling costs microseconds per heap object), and the guardian
+waits for the file if it ever needs it.  If the tool then ends without
+saying "done" (it was killed), the
+guardian seizes the target: a new version still marked as being updated
+(`guarded` in its control block) is waiting in a mark, half-restored, so the
+guardian execs the old version again and restores the old state into it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ekiden_trace.binary.dwarf.cache import cache_dir
+from ekiden_trace.errors import EkidenError, TargetError
+from ekiden_trace.faults import KILL_ENV
+from ekiden_trace.ops.rollback import GuardState, roll_back_to
+from ekiden_trace.target.tracee import give_cpus
+
+SEIZE_PATIENCE = 10.0
+STATE_PATIENCE = 300.0  # how long the guardian waits for a state still being written
+INLINE_OBJECTS = 2_000  # up to this many heap objects, the state is written during the pause
+
+
+class Guardian:
+    """The tool's side: start the guardian, hand it the state, tell it when all is done."""
+
+    def __init__(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ekiden_trace", "_guard"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            start_new_session=True,  # a Ctrl-C meant for the tool does not reach it
+            env=env,
+        )
+        # Its start-up (an interpreter and imports, ~0.1 s of CPU) must not overlap the
+        # pause, where it would take turns on the CPU with the tool and the target.
+        assert self.proc.stdout is not None
+        self.proc.stdout.readline()  # "ready", or nothing if it failed to start
+        self._state: Path | None = None
+        self._writer: int | None = None  # the forked copy writing a large state
+
+    def watch_cpus(self, pid: int) -> None:
+        """Tell the guardian the target's CPU set, which the update may narrow for a while:
+        if the tool dies meanwhile, the guardian gives it back."""
+        with contextlib.suppress(OSError):
+            cpus = os.sched_getaffinity(pid)
+            self._send(f"cpus {pid} {','.join(map(str, sorted(cpus)))}\n")
+
+    def hand_over(self, state: GuardState) -> None:
+        """Give the guardian what it needs to roll the target back."""
+        directory = cache_dir() / "guard"
+        directory.mkdir(mode=0o700, exist_ok=True)
+        self._state = directory / f"{state.pid}-{os.getpid()}.pickle"
+        # The partial file exists from here on, so the guardian knows the state is coming.
+        fd = os.open(_partial(self._state), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        if len(state.snapshot.objects) <= INLINE_OBJECTS:
+            _write_state(fd, self._state, state)
+        else:
+            self._writer = _fork_writer(fd, self._state, state)
+            os.close(fd)
+        self._send(f"state {self._state}\n")
+
+    def done(self) -> None:
+        """The update is over (done or rolled back by the tool itself): let the guardian go."""
+        self._send("done\n")
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        if self._writer is not None:
+            os.kill(self._writer, signal.SIGKILL)  # the state is no longer needed
+            os.waitpid(self._writer, 0)
+        if self._state is not None:
+            self._state.unlink(missing_ok=True)
+            _partial(self._state).unlink(missing_ok=True)
+
+    def _send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(line.encode())
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # the guardian is gone: the update goes on without a safety net
+
+
+def _partial(path: Path) -> Path:
+    return path.with_suffix(".part")
+
+
+def _write_state(fd: int, path: Path, state: GuardState) -> None:
+    """Write the state into `fd`, open on path's partial file; rename it to `path` when
+    complete, so that `path` never exists half-written."""
+    with os.fdopen(fd, "wb") as f:
+        pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
+    os.rename(_partial(path), path)
+
+
+def _fork_writer(fd: int, path: Path, state: GuardState) -> int:
+    """Fork a copy of the tool that writes the state and exits; its pid."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setsid()  # a Ctrl-C or a kill of the tool's group does not stop it
+            # Off the CPU the tool may share with the target for the update.
+            os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+            _write_state(fd, path, state)
+            code = 0
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _wait_for_state(path: Path) -> GuardState | None:
+    """The state at `path`, waiting while a forked writer may still be writing it."""
+    deadline = time.monotonic() + STATE_PATIENCE
+    while not path.exists():
+        if not _partial(path).exists() or time.monotonic() > deadline:
+            return None
+        time.sleep(0.01)
+    with path.open("rb") as f:
+        state: GuardState = pickle.load(f)
+    path.unlink(missing_ok=True)
+    return state
+
+
+def run_guardian() -> int:
+    """The `_guard` entry point: wait for the tool's word, and act if it dies instead."""
+    print("ready", flush=True)
+    state_file: Path | None = None
+    cpus: tuple[int, set[int]] | None = None
+    for line in sys.stdin:
+        if line.startswith("state "):
+            state_file = Path(line[6:].strip())
+        elif line.startswith("cpus "):
+            pid, listed = line.split()[1:]
+            cpus = int(pid), {int(cpu) for cpu in listed.split(",")}
+        elif line.strip() == "done":
+            return 0
+    if cpus is not None:
+        give_cpus(*cpus)
+    if state_file is None:
+        return 0  # the tool died before the capture: the old version was never touched
+    state = _wait_for_state(state_file)
+    if state is None:
+        print(
+            f"ekiden-trace guardian: the state of the update was never written ({state_file}); "
+            "if the process is stuck in its new version, restart the service.",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        rescued = rescue(state)
+    except EkidenError as exc:
+        print(f"ekiden-trace guardian: {exc}", file=sys.stderr)
+        return 1
+    if rescued:
+        print(
+            f"ekiden-trace guardian: the tool died during the update of process {state.pid}; "
+            "the process was rolled back to its old version with its state.",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _seize_when_free(pid: int):
+    """Seize the target once the dead tool's tracing has gone (the kernel detaches it)."""
+    from ekiden_trace.target.tracee import Tracee
+
+    deadline = time.monotonic() + SEIZE_PATIENCE
+    while True:
+        try:
+            return Tracee.seize(pid)
+        except TargetError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
+def rescue(state: GuardState) -> bool:
+    """Roll the target back if the dead tool left it mid-update; True if it did."""
+    from ekiden_trace.binary.program import Program
+    from ekiden_trace.state.backend import load_bias
+    from ekiden_trace.state.control import ControlBlock
+    from ekiden_trace.state.rendezvous import leave
+    from ekiden_trace.target.inject import find_syscall_gadget, function_range, restore_cloexec
+
+    tracee = _seize_when_free(state.pid)
+    try:
+        running = Program(os.readlink(f"/proc/{state.pid}/exe"))
+        control = ControlBlock(tracee, running.marks.control + load_bias(state.pid, running))
+        gadget = find_syscall_gadget(tracee, [function_range(state.pid, "ekiden__stop")])
+        if not control.is_guarded():
+            if os.path.samefile(running.path, state.old_path):
+                restore_cloexec(tracee, gadget, state.cleared)  # died before the exec
+            return False  # or the new version already has all its state
+        roll_back_to(tracee, gadget, Program(state.old_path), state)
+        return True
+    finally:
+        leave(tracee, None)

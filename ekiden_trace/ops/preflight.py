@@ -1,0 +1,97 @@
+"""Every refusal made before the pause: the target, the binaries, the update point.
+
+Each check reads files and /proc only; none stops the process.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ekiden_trace.binary.program import Program
+from ekiden_trace.errors import BinaryError, TargetError
+from ekiden_trace.target.tracee import check_traceable
+
+
+def file_identity(path: str) -> tuple[int, ...]:
+    """Device, inode, size and change times: what must not change between check and exec."""
+    info = os.stat(path)
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def check_trusted(pid: int, new: Program, force: bool) -> None:
+    """BinaryError for a new binary that others could have changed, unless forced."""
+    info = new.path.stat()
+    uid = int(Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[1])
+    if force:
+        return
+    if info.st_mode & 0o002:
+        raise BinaryError(
+            f"{new.path} is writable by any user, so it may not be what was checked; "
+            "fix its permissions, or pass --force."
+        )
+    if info.st_uid not in (0, uid):
+        raise BinaryError(
+            f"{new.path} is owned by uid {info.st_uid}, neither root nor the target's user "
+            f"(uid {uid}); pass --force if you trust it."
+        )
+
+
+def check_reachable(pid: int, new: Program) -> None:
+    """TargetError unless the process could exec `new` itself: the same file (and its
+    interpreter) seen from the process's root, executable with its credentials."""
+    root = f"/proc/{pid}/root"
+    for path in filter(None, (str(new.path.resolve()), new.elf.interpreter)):
+        try:
+            same = os.path.samefile(root + path, path)
+        except OSError:
+            same = False
+        if not same:
+            raise TargetError(
+                f"process {pid} cannot see {path} from its root directory (is it chrooted?); "
+                "it could not exec the new version, so it is left as it is."
+            )
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    ids = {line.split(":")[0]: line.split()[2] for line in status if line[:4] in ("Uid:", "Gid:")}
+    info = new.path.stat()
+    uid, gid = int(ids["Uid"]), int(ids["Gid"])
+    if uid == 0:
+        allowed = bool(info.st_mode & 0o111)
+    elif uid == info.st_uid:
+        allowed = bool(info.st_mode & 0o100)
+    elif gid == info.st_gid:
+        allowed = bool(info.st_mode & 0o010)
+    else:
+        allowed = bool(info.st_mode & 0o001)
+    if not allowed:
+        raise TargetError(
+            f"process {pid} runs as uid {uid}, which may not execute {new.path}; "
+            "fix the file's permissions."
+        )
+
+
+def program_of(pid: int) -> Program:
+    """The marked program a process runs, read from its executable (before touching it)."""
+    check_traceable(pid)
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except PermissionError:
+        raise TargetError(
+            f"process {pid} belongs to another user and its executable cannot be read; "
+            "run ekiden-trace as that user or as root."
+        ) from None
+    except OSError:
+        raise TargetError(
+            f"process {pid} has no executable (a kernel thread?); pick a user process."
+        ) from None
+    path = exe if os.path.exists(exe) else f"/proc/{pid}/exe"
+    return Program(path)
+
+
+def check_point(program: Program, point: str | None) -> None:
+    """BinaryError unless `point` is None or an update point of the program."""
+    if point is not None and point not in program.point_names:
+        known = ", ".join(sorted(program.point_names)) or "none"
+        raise BinaryError(
+            f"{program.path} has no update point named {point}; its points are: {known}."
+        )

@@ -1,0 +1,56 @@
+"""The one way back: exec v1 again in the same process and restore its own snapshot.
+
+Used by `update` when a step after the exec fails, and by the guardian when the
+tool died in the middle of an update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ekiden_trace.binary.program import Program
+from ekiden_trace.errors import EkidenError
+from ekiden_trace.plan.planner import UpdatePlan, plan_update
+from ekiden_trace.plan.transformers import Transformers
+from ekiden_trace.state.restore import Restorer
+from ekiden_trace.state.snapshot import Snapshot
+from ekiden_trace.target.inject import exec_in_place, restore_cloexec
+from ekiden_trace.target.tracee import Tracee
+
+
+@dataclass
+class GuardState:
+    """What a rollback needs, handed over right after the capture."""
+
+    pid: int
+    old_path: str
+    snapshot: Snapshot
+    point: str
+    signo: int
+    argv: list[bytes]
+    envp: list[bytes]
+    cleared: list[int]
+    timeout: float
+
+
+def roll_back_to(
+    tracee: Tracee,
+    gadget: int,
+    old: Program,
+    state: GuardState,
+    identity: UpdatePlan | None = None,
+) -> None:
+    """Exec v1 again in the same process and restore v1's own snapshot into it."""
+    identity = identity or plan_update(old, old, Transformers())
+    try:
+        exec_in_place(tracee, gadget, str(old.path), state.argv, state.envp)
+        restorer = Restorer(
+            tracee, identity, state.snapshot, Transformers(), state.point, state.signo
+        )
+        restorer.run(state.timeout)
+        restore_cloexec(tracee, restorer.gadget, state.cleared)
+    except EkidenError as failure:
+        raise EkidenError(
+            f"the update failed and so did the rollback ({failure}); process {tracee.pid} "
+            "is in an unknown state: restart the service."
+        ) from None

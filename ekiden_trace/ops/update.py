@@ -1,0 +1,285 @@
+"""`attach --new`: update one live process to a new version, with rollback.
+
+Order of work, so that everything slow or fallible comes before the pause:
+read both binaries and plan (process untouched) -> seize -> wait at an update
+point (pause starts) -> capture -> check the captured pointers -> clear
+FD_CLOEXEC -> exec the new binary in place -> restore at its tags -> its first
+update point (pause ends) -> detach.  A failure before the exec leaves v1 as
+it was; a failure after it execs v1 again and restores v1's own snapshot, so
+the process keeps its PID, its fds and its state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ekiden_trace.binary.program import Program
+from ekiden_trace.errors import BinaryError, EkidenError
+from ekiden_trace.faults import kill_point
+from ekiden_trace.ops.guardian import Guardian
+from ekiden_trace.ops.inspect import capture_stopped
+from ekiden_trace.ops.preflight import (
+    check_point,
+    check_reachable,
+    check_trusted,
+    file_identity,
+    program_of,
+)
+from ekiden_trace.ops.rollback import GuardState, roll_back_to
+from ekiden_trace.plan.planner import UpdatePlan, plan_update
+from ekiden_trace.plan.transformers import Transformers, load_transformers
+from ekiden_trace.state.backend import RestoreFailed
+from ekiden_trace.state.checks import check_snapshot
+from ekiden_trace.state.control import STOP_FUNCTION, ControlBlock, choose_stop_signal
+from ekiden_trace.state.rendezvous import halt, leave, wait_for_point
+from ekiden_trace.state.restore import Restorer
+from ekiden_trace.state.snapshot import Snapshot
+from ekiden_trace.target.address_space import LiveProcess
+from ekiden_trace.target.inject import (
+    clear_cloexec,
+    exec_in_place,
+    file_gadget,
+    find_function,
+    find_syscall_gadget,
+    open_fds,
+    read_cmdline,
+    read_environ,
+    restore_cloexec,
+    syscall_gadget,
+)
+from ekiden_trace.target.tracee import Tracee, sharing_cpu
+
+
+class PlanRefused(EkidenError):
+    """The update cannot be done automatically; nothing was touched."""
+
+    exit_code = 10
+
+
+class RolledBack(EkidenError):
+    """The update failed after the exec; the process runs its old version again."""
+
+    exit_code = 11
+
+    def __init__(self, message: str, report: UpdateReport, cause: EkidenError) -> None:
+        super().__init__(message)
+        self.report = report
+        self.cause = cause
+
+
+@dataclass(frozen=True)
+class UpdateOptions:
+    """What `attach` was asked for."""
+
+    new: str
+    args: list[str] | None = None
+    point: str | None = None
+    xform: str | None = None
+    timeout: float = 10.0
+    force: bool = False
+
+
+@dataclass
+class UpdateReport:
+    """What happened, phase by phase."""
+
+    pid: int
+    old: str
+    new: str
+    point: str = ""
+    outcome: str = "not started"
+    phases: dict[str, float] = field(default_factory=dict)
+    pause: float = 0.0
+    moved: list[str] = field(default_factory=list)
+    initialised: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    objects: int = 0
+    bytes: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class _Clock:
+    def __init__(self, report: UpdateReport) -> None:
+        self.report = report
+        self.last = time.monotonic()
+
+    def lap(self, phase: str) -> float:
+        now = time.monotonic()
+        self.report.phases[phase] = now - self.last
+        self.last = now
+        return now
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything an update needs that does not depend on one process: made once."""
+
+    old: Program
+    new: Program
+    plan: UpdatePlan
+    identity: UpdatePlan  # v1 -> v1, for the rollback
+    transformers: Transformers
+    checked: tuple[int, ...]  # the new binary's file identity when it was checked
+
+
+def prepare(pid: int, options: UpdateOptions) -> Prepared:
+    """Read both binaries and plan; raises before anything touches the process."""
+    old = program_of(pid)
+    new = Program(options.new)
+    if not new.points:
+        raise BinaryError(f"{new.path} has no update point, so an update to it could never finish.")
+    check_point(old, options.point)
+    transformers = load_transformers(options.xform)
+    plan = plan_update(old, new, transformers)
+    if not plan.ok:
+        listed = "; ".join(plan.problems[:5])
+        raise PlanRefused(
+            f"v1's state cannot be mapped onto {new.path} without transformers: {listed}. "
+            "Run `ekiden-trace diff` for the full report."
+        )
+    identity = plan_update(old, old, Transformers())
+    _warm(old, new)
+    return Prepared(old, new, plan, identity, transformers, file_identity(str(new.path)))
+
+
+def _warm(*programs: Program) -> None:
+    """Compute now what the pause would otherwise compute on first use: each version's
+    symbol table and its file decoded for the `syscall` of its marks (and so its image)."""
+    for program in programs:
+        _ = program.symbols
+        file_gadget(str(program.path), STOP_FUNCTION)
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """No cyclic garbage collection meanwhile: one over the debug info of both versions
+    can take longer than a whole pause.  Garbage is collected after."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@_no_gc()
+def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -> UpdateReport:
+    """Update process `pid` to options.new; raises with the process running v1 on failure."""
+    report = UpdateReport(pid, os.path.realpath(f"/proc/{pid}/exe"), options.new)
+    clock = _Clock(report)
+    prepared = prepared or prepare(pid, options)
+    old, plan = prepared.old, prepared.plan
+    check_reachable(pid, prepared.new)
+    check_trusted(pid, prepared.new, options.force)
+    report.dropped = [v.key for v in plan.variables if v.action == "dropped"]
+    report.notes = [f"{t}: {n}" for t, notes in plan.type_notes.items() for n in notes]
+    old_argv = read_cmdline(pid)
+    argv = old_argv if options.args is None else [old_argv[0], *(a.encode() for a in options.args)]
+    envp = read_environ(pid)
+    live = LiveProcess(pid, old)
+    # The new version loads the same libc: resolving malloc now parses its symbols
+    # (cached by file) before the pause instead of during the restore.
+    find_function(pid, "malloc")
+    guardian = Guardian()
+    clock.lap("plan")
+    tracee = Tracee.seize(pid)
+    kill_point("attached")
+    control: ControlBlock | None = ControlBlock(tracee, old.marks.control + live.bias)
+    try:
+        control.check()
+        signo = choose_stop_signal(tracee)
+        gadget = syscall_gadget(tracee, str(old.path), STOP_FUNCTION, live.bias)
+        report.point = wait_for_point(tracee, control, signo, options.point, options.timeout).what
+        paused = clock.lap("wait")
+        guardian.watch_cpus(pid)
+        with sharing_cpu(pid):  # the tool and the process hand over to each other many times
+            snapshot = _capture(live, tracee, plan, report.point)
+            clock.lap("capture")
+            state = GuardState(
+                pid,
+                str(old.path),
+                snapshot,
+                report.point,
+                signo,
+                old_argv,
+                envp,
+                [],
+                options.timeout,
+            )
+            _exec_new(tracee, gadget, guardian, state, str(prepared.new.path), argv)
+            control = None  # the old control block went away with the old image
+            clock.lap("exec")
+            _restore_new(tracee, prepared, state, report)
+        report.pause = time.monotonic() - paused
+        clock.lap("restore")
+        report.outcome = "updated"
+        kill_point("detach")
+        return report
+    finally:
+        leave(tracee, control)
+        guardian.done()
+
+
+def _capture(live: LiveProcess, tracee: Tracee, plan: UpdatePlan, point: str) -> Snapshot:
+    """The tagged state of the stopped process; PlanRefused when it cannot be carried over."""
+    snapshot = capture_stopped(live, tracee, point, now=False)
+    kill_point("captured")
+    problems = check_snapshot(plan, snapshot)
+    if problems:
+        raise PlanRefused("the captured state cannot be carried over: " + "; ".join(problems))
+    return snapshot
+
+
+def _exec_new(
+    tracee: Tracee,
+    gadget: int,
+    guardian: Guardian,
+    state: GuardState,
+    new_path: str,
+    argv: list[bytes],
+) -> None:
+    """Hand the state to the guardian, then exec the new version in place with every fd kept
+    open; on failure the process runs v1 as before."""
+    state.cleared = clear_cloexec(tracee, gadget, open_fds(state.pid))
+    guardian.hand_over(state)
+    kill_point("cloexec")
+    try:
+        exec_in_place(tracee, gadget, new_path, argv, state.envp)
+    except EkidenError:
+        restore_cloexec(tracee, gadget, state.cleared)
+        raise
+
+
+def _restore_new(
+    tracee: Tracee, prepared: Prepared, state: GuardState, report: UpdateReport
+) -> None:
+    """Bring the freshly exec'd version up to its first update point with the state, or
+    roll back to v1 and raise RolledBack."""
+    restorer = None
+    try:
+        restorer = Restorer(
+            tracee, prepared.plan, state.snapshot, prepared.transformers, state.point, state.signo
+        )
+        kill_point("exec")  # the new version is guarded from here on
+        if file_identity(f"/proc/{state.pid}/exe") != prepared.checked:
+            raise RestoreFailed(f"{prepared.new.path} changed between its check and the exec")
+        result = restorer.run(state.timeout)
+    except EkidenError as failure:
+        halt(tracee)  # an interruption may have come while v2 ran
+        gadget = restorer.gadget if restorer is not None else find_syscall_gadget(tracee, [])
+        roll_back_to(tracee, gadget, prepared.old, state, prepared.identity)
+        report.outcome = "rolled back"
+        raise RolledBack(
+            f"the update failed after the exec and was rolled back: {failure}", report, failure
+        ) from None
+    restore_cloexec(tracee, restorer.gadget, state.cleared)
+    report.moved = result.written
+    report.initialised = result.initialised
+    report.objects = result.objects
+    report.bytes = result.bytes

@@ -1,0 +1,364 @@
+"""The static update plan: how each tagged variable and type of v1 maps onto v2.
+
+Computed from the two binaries alone, before any process is touched; `diff`
+prints it and `attach` refuses to start when it has blocking problems.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from functools import cache, partial
+from pathlib import Path
+from typing import Any
+
+from ekiden_trace.binary.dwarf.cache import load_or_build, store
+from ekiden_trace.binary.dwarf.types import TypeInfo, c_name, get, strip
+from ekiden_trace.binary.program import Program, TaggedVariable
+from ekiden_trace.plan.transformers import Transformers
+
+INT_ENCODINGS = ("signed", "unsigned", "signed_char", "unsigned_char", "bool")
+PLAN_FORMAT = 1
+"""Version of the cached plan layout (see plan_update)."""
+
+
+@dataclass
+class VariablePlan:
+    """What happens to one tagged variable."""
+
+    key: str
+    name: str
+    old: TaggedVariable | None
+    new: TaggedVariable | None
+    action: str  # 'transfer', 'transformer', 'dropped', 'initialised by v2'
+    notes: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class UpdatePlan:
+    """The mapping of every tagged variable, with everything that blocks the update."""
+
+    old: Program
+    new: Program
+    variables: list[VariablePlan]
+    type_notes: dict[str, list[str]]
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def for_key(self, key: str) -> VariablePlan | None:
+        """The plan of a variable by its identity key."""
+        return next((v for v in self.variables if v.key == key), None)
+
+
+def _under(path: str, problem: str) -> str:
+    """Prefix a problem with the path to it: 'table' + '*.buckets: ...' -> 'table*.buckets: ...'."""
+    return f"{path}{problem}" if problem[0] in ".*[" else f"{path}: {problem}"
+
+
+Request = tuple[int, int, str]
+"""A pair of types to compare, (v1 type id, v2 type id), and the path that leads to it."""
+
+Comparison = Generator[Request, list[str], list[str]]
+"""A comparison in progress: it yields each pair it depends on, is sent that pair's
+problems, and returns its own."""
+
+
+class _Types:
+    """The types of one version, with the names and stripped ids asked for memoised."""
+
+    def __init__(self, types: dict[int, TypeInfo]) -> None:
+        self.types = types
+        self.name = cache(partial(c_name, types))
+        self.strip = cache(partial(strip, types))
+
+    def underlying(self, tid: int | None) -> TypeInfo:
+        """The type past typedefs and qualifiers."""
+        return get(self.types, self.strip(tid))
+
+
+class TypeMatcher:
+    """Compares a v1 type with a v2 type, with memoisation and cycle safety.
+
+    Nested types are compared depth first on an explicit stack, not by recursion,
+    so a chain of thousands of types (each pointing to the next) fits.
+    """
+
+    def __init__(self, old: Program, new: Program, transformers: Transformers) -> None:
+        self.old = _Types(old.index.types)
+        self.new = _Types(new.index.types)
+        self.transformers = transformers
+        self.notes: dict[str, list[str]] = {}
+        self._memo: dict[tuple[int, int], list[str]] = {}
+
+    def problems(self, old_tid: int, new_tid: int, path: str) -> list[str]:
+        """Why values of old_tid cannot be converted to new_tid automatically (empty: they can)."""
+        key = self._key(old_tid, new_tid)
+        if key not in self._memo:
+            self._compare_from(key)
+        return self._found(key, path)
+
+    def _key(self, old_tid: int, new_tid: int) -> tuple[int, int]:
+        return self.old.strip(old_tid), self.new.strip(new_tid)
+
+    def _found(self, key: tuple[int, int], path: str) -> list[str]:
+        """The memoised problems of a pair, under path."""
+        return [_under(path, problem) for problem in self._memo[key]]
+
+    def _begin(self, key: tuple[int, int]) -> Comparison:
+        self._memo[key] = []  # assumed compatible while in progress (pointer cycles)
+        return self._compare(get(self.old.types, key[0]), get(self.new.types, key[1]))
+
+    def _compare_from(self, key: tuple[int, int]) -> None:
+        """Compare a pair and, depth first, every pair it depends on; memoise each."""
+        stack = [(key, "", self._begin(key))]
+        answer: list[str] | None = None  # what the comparison on top is sent next
+        while stack:
+            current, path, comparison = stack[-1]
+            try:
+                old_tid, new_tid, nested_path = comparison.send(answer)
+            except StopIteration as finished:
+                stack.pop()
+                self._memo[current] = finished.value
+                answer = self._found(current, path)
+                continue
+            nested = self._key(old_tid, new_tid)
+            if nested in self._memo:
+                answer = self._found(nested, nested_path)
+            else:
+                stack.append((nested, nested_path, self._begin(nested)))
+                answer = None  # a comparison starts with None
+
+    def _note(self, type_name: str, note: str) -> None:
+        notes = self.notes.setdefault(type_name, [])
+        if note not in notes:
+            notes.append(note)
+
+    def _compare(self, old: TypeInfo, new: TypeInfo) -> Comparison:
+        old_name = self.old.name(old.id)
+        new_name = self.new.name(new.id)
+        if self.transformers.for_type(old_name) is not None:
+            self._note(old_name, "converted by a type transformer")
+            return []
+        if old.kind == "base" and new.kind == "base":
+            return self._compare_base(old, new, old_name, new_name)
+        if old.kind != new.kind:
+            return [f"{old_name} became {new_name}; give a transformer"]
+        if old.kind == "enum":
+            missing = sorted(set(old.enumerators) - set(new.enumerators))
+            if missing:
+                return [
+                    f"enumerators {', '.join(missing)} of {old_name} are gone in v2; "
+                    "give a transformer"
+                ]
+            if old.size != new.size:
+                self._note(old_name, f"size {old.size} -> {new.size} bytes")
+            return []
+        if old.kind == "pointer":
+            return (yield from self._compare_pointer(old, new))
+        if old.kind in ("struct", "union"):
+            return (yield from self._compare_members(old, new, old_name))
+        if old.kind == "array":
+            if old.count != new.count:
+                self._note(old_name, f"array {old.count} -> {new.count} elements")
+            return (yield (old.target or -1, new.target or -1, "[]"))
+        return []
+
+    def _compare_base(
+        self, old: TypeInfo, new: TypeInfo, old_name: str, new_name: str
+    ) -> list[str]:
+        old_int = old.encoding in INT_ENCODINGS
+        new_int = new.encoding in INT_ENCODINGS
+        if old_int != new_int:
+            return [f"{old_name} became {new_name}; give a transformer"]
+        return []  # size changes are noted where they stand (a field, or the variable)
+
+    def _note_field_type(self, type_name: str, name: str, old_tid: int, new_tid: int) -> None:
+        old, new = self.old.name(old_tid), self.new.name(new_tid)
+        if old == new:
+            return
+        old_size = self.old.underlying(old_tid).size or 0
+        new_size = self.new.underlying(new_tid).size or 0
+        how = (
+            "narrowed, checked per value"
+            if new_size < old_size
+            else "widened"
+            if new_size > old_size
+            else "changed"
+        )
+        self._note(type_name, f"field {name}: {old} -> {new} ({how})")
+
+    def _compare_pointer(self, old: TypeInfo, new: TypeInfo) -> Comparison:
+        old_to = self.old.underlying(old.target)
+        new_to = self.new.underlying(new.target)
+        if old_to.kind == "function" or new_to.kind == "function":
+            if old_to.kind != new_to.kind:
+                return ["a function pointer became a data pointer; give a transformer"]
+            return []
+        if old_to.kind == "void" or new_to.kind == "void":
+            return []  # followed only with a hint; checked per value at capture
+        return (yield (old_to.id, new_to.id, "*"))
+
+    def _compare_members(self, old: TypeInfo, new: TypeInfo, type_name: str) -> Comparison:
+        old_fields = {m.name: m for m in old.members if m.name}
+        new_fields = {m.name: m for m in new.members if m.name}
+        found: list[str] = []
+        for name, member in old_fields.items():
+            if name not in new_fields:
+                self._note(type_name, f"field {name} removed (dropped)")
+                continue
+            found += yield (member.type, new_fields[name].type, f".{name}")
+            self._note_field_type(type_name, name, member.type, new_fields[name].type)
+        for name in new_fields:
+            if name in old_fields:
+                continue
+            if self.transformers.for_field(type_name, name) is not None:
+                self._note(type_name, f"field {name} added (set by a transformer)")
+            else:
+                self._note(type_name, f"field {name} added (keeps v2's initial value)")
+        if old.kind == "union" and old.size != new.size:
+            self._note(type_name, f"union size {old.size} -> {new.size} bytes")
+        return found
+
+
+def _symbol_problems(old: Program, new: Program) -> list[str]:
+    """Functions of v1 that a function pointer may hold but v2 lacks (reported, not blocking)."""
+    new_names = {s.name for s in new.elf.symbols() if s.kind == "function"}
+    return sorted(
+        s.name
+        for s in old.elf.symbols()
+        # names with a dot are compiler clones (foo.constprop.0, foo.cold), not functions
+        if s.kind == "function" and "." not in s.name and s.name not in new_names
+    )
+
+
+def _counterparts(old: Program, new: Program) -> dict[str, TaggedVariable]:
+    """v2's tagged variable for each v1 key: by key, and for a file static whose source
+    file was renamed, by name when that name is a single file static in both versions."""
+    new_by_key = {t.key: t for t in new.tags}
+    found = {t.key: new_by_key[t.key] for t in old.tags if t.key in new_by_key}
+
+    def unique_statics(program: Program) -> dict[str, TaggedVariable]:
+        statics = [t for t in program.tags if t.scope == "file_static"]
+        names = [t.name for t in statics]
+        return {t.name: t for t in statics if names.count(t.name) == 1}
+
+    old_statics, new_statics = unique_statics(old), unique_statics(new)
+    taken = {t.key for t in found.values()}
+    for name, tag in old_statics.items():
+        target = new_statics.get(name)
+        if tag.key not in found and target is not None and target.key not in taken:
+            found[tag.key] = target
+    return found
+
+
+def plan_update(old: Program, new: Program, transformers: Transformers) -> UpdatePlan:
+    """Map every tagged variable of old onto new; nothing here touches a process.
+
+    The plan is cached on disk per pair of binaries, with what else it was computed
+    from: the transformers' names and the code of ekiden-trace (see _plan_inputs).
+    """
+    inputs = _plan_inputs(transformers)
+    key = f"{old.build_id}-{new.build_id}-plan"
+
+    def build() -> dict[str, Any]:
+        return {"inputs": inputs, "plan": _to_cache(_compute_plan(old, new, transformers))}
+
+    data = load_or_build(key, build)
+    if data.get("inputs") != inputs:  # computed by other code, or with other transformers
+        data = build()
+        store(key, data)
+    return _from_cache(old, new, data["plan"])
+
+
+def _plan_inputs(transformers: Transformers) -> dict[str, Any]:
+    """What a plan depends on besides the two binaries, as JSON: the names that have
+    transformers, and each module of ekiden-trace with its mtime and size (the check
+    Python makes on its bytecode caches), so that changed code never reuses a plan."""
+    package = Path(__file__).resolve().parent
+    code = []
+    for module in sorted(package.rglob("*.py")):
+        stat = module.stat()
+        code.append([str(module.relative_to(package)), stat.st_mtime_ns, stat.st_size])
+    names = [
+        sorted(transformers.variables),
+        sorted(transformers.types),
+        sorted([type_name, field_name] for type_name, field_name in transformers.fields),
+    ]
+    return {"format": PLAN_FORMAT, "code": code, "transformers": names}
+
+
+def _to_cache(plan: UpdatePlan) -> dict[str, Any]:
+    """A plan as JSON, its tagged variables by key."""
+    variables = [
+        [
+            v.key,
+            v.name,
+            v.old.key if v.old is not None else None,
+            v.new.key if v.new is not None else None,
+            v.action,
+            v.notes,
+            v.problems,
+        ]
+        for v in plan.variables
+    ]
+    return {"variables": variables, "type_notes": plan.type_notes}
+
+
+def _from_cache(old: Program, new: Program, data: dict[str, Any]) -> UpdatePlan:
+    """The plan of _to_cache, its tagged variables found again in the two programs."""
+    old_tags = {t.key: t for t in old.tags}
+    new_tags = {t.key: t for t in new.tags}
+    variables = [
+        VariablePlan(
+            key,
+            name,
+            old_tags[old_key] if old_key is not None else None,
+            new_tags[new_key] if new_key is not None else None,
+            action,
+            notes,
+            problems,
+        )
+        for key, name, old_key, new_key, action, notes, problems in data["variables"]
+    ]
+    problems = [p for v in variables for p in v.problems]
+    return UpdatePlan(old, new, variables, data["type_notes"], problems)
+
+
+def _compute_plan(old: Program, new: Program, transformers: Transformers) -> UpdatePlan:
+    """The plan itself: each tagged variable of old, its counterpart and its problems."""
+    matcher = TypeMatcher(old, new, transformers)
+    counterparts = _counterparts(old, new)
+    unmatched = {t.key: t for t in new.tags if t not in counterparts.values()}
+    variables: list[VariablePlan] = []
+    for tag in old.tags:
+        target = counterparts.get(tag.key)
+        key = target.key if target is not None else tag.key
+        produced = transformers.for_variable(key, tag.name)
+        if produced is not None:
+            variables.append(VariablePlan(key, tag.name, tag, target, "transformer"))
+            continue
+        if target is None:
+            variables.append(
+                VariablePlan(
+                    key, tag.name, tag, None, "dropped", notes=["v2 has no such tagged variable"]
+                )
+            )
+            continue
+        plan = VariablePlan(key, tag.name, tag, target, "transfer")
+        plan.problems = matcher.problems(tag.variable.type, target.variable.type, tag.name)
+        if tag.c_type != target.c_type:
+            plan.notes.append(f"{tag.c_type} -> {target.c_type}")
+        variables.append(plan)
+    for tag in unmatched.values():
+        produced = transformers.for_variable(tag.key, tag.name)
+        action = "transformer" if produced is not None else "initialised by v2"
+        variables.append(VariablePlan(tag.key, tag.name, None, tag, action))
+    problems = [p for v in variables for p in v.problems]
+    gone = _symbol_problems(old, new)
+    if gone:
+        matcher.notes["functions"] = [f"gone in v2 (pointers to them fail): {', '.join(gone)}"]
+    return UpdatePlan(old, new, variables, matcher.notes, problems)

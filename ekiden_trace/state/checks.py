@@ -1,0 +1,94 @@
+"""The checks a captured snapshot must pass before the exec: every pointer explained."""
+
+from __future__ import annotations
+
+from ekiden_trace.plan.planner import UpdatePlan
+from ekiden_trace.state.snapshot import (
+    ArrayValue,
+    FunctionRef,
+    GlobalRef,
+    ObjectRef,
+    Pointer,
+    Snapshot,
+    StructValue,
+    Unfollowed,
+    UnionValue,
+    Value,
+)
+
+
+def _is_suspect(pointer: Pointer, symbols: dict) -> bool:
+    """A pointer check_snapshot may report: unexplained, or to a symbol v2 lacks."""
+    target = pointer.target
+    if isinstance(target, Unfollowed):
+        return target.reason != "opaque" and pointer.addr != 0
+    if isinstance(target, FunctionRef | GlobalRef):
+        symbol = target.symbol or "?"
+        return "@" not in symbol and symbol not in symbols
+    return False
+
+
+def _may_have_problems(snapshot: Snapshot, symbols: dict) -> bool:
+    """A quick scan of every captured value, without the paths that messages need."""
+    stack: list[Value | None] = [v.value for v in snapshot.variables]
+    stack += [obj.value for obj in snapshot.objects.values() if obj.string is None]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Pointer):
+            if _is_suspect(item, symbols):
+                return True
+        elif isinstance(item, StructValue):
+            stack += item.fields.values()
+        elif isinstance(item, UnionValue) and item.active:
+            stack += item.members.values()
+        elif isinstance(item, ArrayValue):
+            stack += item.items
+    return False
+
+
+def check_snapshot(plan: UpdatePlan, snapshot: Snapshot) -> list[str]:
+    """Pointers of the captured state that cannot be carried over, with their paths.
+
+    Every variable is checked, not only those v2 takes automatically: a rollback
+    restores the whole snapshot into v1 again.  Symbols are checked against v2
+    for the variables converted automatically.  Runs during the pause but before
+    the exec, so a refusal leaves v1 untouched.
+    """
+    new_symbols = plan.new.symbols.by_name
+    if not _may_have_problems(snapshot, new_symbols):
+        return []
+    transferred = {
+        v.old.key for v in plan.variables if v.old is not None and v.action == "transfer"
+    }
+    problems: list[str] = []
+    seen: set[int] = set()
+
+    def visit(value: Value | None, path: str, check_symbols: bool) -> None:
+        stack = [(value, path)]
+        while stack:
+            item, where = stack.pop()
+            if isinstance(item, Pointer):
+                target = item.target
+                if isinstance(target, Unfollowed) and _is_suspect(item, new_symbols):
+                    problems.append(
+                        f"{where} points to {item.addr:#x} ({target.reason}); add a hint "
+                        "(EKIDEN_HINT_*) or a transformer"
+                    )
+                elif check_symbols and _is_suspect(item, new_symbols):
+                    problems.append(
+                        f"{where} points to {target.symbol or '?'}, which v2 does not have"
+                    )
+                elif isinstance(target, ObjectRef) and target.object_id not in seen:
+                    seen.add(target.object_id)
+                    obj = snapshot.objects[target.object_id]
+                    stack.append((obj.value, f"{where}->#{obj.id}"))
+            elif isinstance(item, StructValue):
+                stack += [(v, f"{where}.{k}") for k, v in item.fields.items()]
+            elif isinstance(item, UnionValue) and item.active:
+                stack += [(v, f"{where}.{k}") for k, v in item.members.items()]
+            elif isinstance(item, ArrayValue):
+                stack += [(v, f"{where}[{i}]") for i, v in enumerate(item.items)]
+
+    for var in sorted(snapshot.variables, key=lambda v: v.key not in transferred):
+        visit(var.value, var.name, var.key in transferred)
+    return problems[:20]

@@ -1,0 +1,174 @@
+"""What a transformer sees and makes: views of old values, a context into the new process.
+
+`View` wraps a captured v1 value read-only; `Context` lets a transformer read other old
+variables, allocate new objects (`New`) and call the new version's own functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ekiden_trace.state.snapshot import (
+    ArrayValue,
+    CharArray,
+    EnumValue,
+    ObjectRef,
+    Pointer,
+    Snapshot,
+    StructValue,
+    UnionValue,
+    Value,
+)
+
+
+@dataclass(eq=False)
+class New:
+    """An object a transformer creates in the new process: `count` elements of `type_name`
+    (a v2 type) holding `value` (a dict of fields, a list of elements, or bytes).  New
+    objects are allocated with the new program's malloc, in one batch with the rest."""
+
+    type_name: str
+    value: Any
+    count: int = 1
+
+
+class View:
+    """A read-only view of one old value: struct fields as attributes or items, arrays
+    by index and iteration, pointers followed like C's `->` (`.deref()` explicitly),
+    strings with `str()` or `.text`, enums with `.name`."""
+
+    def __init__(self, value: Value | None, snapshot: Snapshot, type_name: str = "") -> None:
+        self._value = value
+        self._snapshot = snapshot
+        self.type_name = type_name
+
+    @property
+    def raw(self) -> Value | None:
+        """The underlying snapshot value."""
+        return self._value
+
+    def deref(self) -> View | None:
+        """The object a pointer points to (None for NULL or a pointer not followed)."""
+        value = self._value
+        if isinstance(value, Pointer) and isinstance(value.target, ObjectRef):
+            obj = self._snapshot.objects[value.target.object_id]
+            if obj.string is not None:
+                data = obj.string if obj.is_buffer else obj.string + b"\0"
+                return View(CharArray(data), self._snapshot, obj.type_name)
+            return View(obj.value, self._snapshot, obj.type_name)
+        return None
+
+    def _struct(self) -> StructValue:
+        value = self._value
+        if isinstance(value, Pointer):
+            target = self.deref()
+            value = target._value if target is not None else None
+        if not isinstance(value, StructValue | UnionValue):
+            raise AttributeError(f"{self.type_name or 'this value'} has no fields")
+        return value  # type: ignore[return-value]
+
+    def __getitem__(self, key: str | int) -> Any:
+        if isinstance(key, int):
+            return wrap(self._items()[key], self._snapshot)
+        fields = self._struct()
+        members = fields.fields if isinstance(fields, StructValue) else fields.members
+        return wrap(members[key], self._snapshot)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"{self.type_name} has no field {name}") from None
+
+    def _items(self) -> list[Value]:
+        value = self._value
+        if isinstance(value, Pointer):
+            target = self.deref()
+            value = target._value if target is not None else None
+        if isinstance(value, ArrayValue):
+            return value.items
+        if value is None:
+            return []
+        return [value]
+
+    def __iter__(self) -> Iterator[Any]:
+        return (wrap(item, self._snapshot) for item in self._items())
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+    def __bool__(self) -> bool:
+        value = self._value
+        return not (isinstance(value, Pointer) and value.addr == 0)
+
+    @property
+    def bytes(self) -> bytes:
+        """The exact bytes of a hinted buffer, a string (without its NUL) or a char array."""
+        target = self.deref() if isinstance(self._value, Pointer) else self
+        if target is None or not isinstance(target._value, CharArray):
+            raise TypeError(f"{self.type_name} holds no bytes")
+        return target._value.raw
+
+    @property
+    def text(self) -> str:
+        """A string's or char array's text."""
+        target = self.deref() if isinstance(self._value, Pointer) else self
+        if target is None or not isinstance(target._value, CharArray):
+            raise TypeError(f"{self.type_name} is not a string")
+        return target._value.text.decode("utf-8", "surrogateescape")
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def wrap(value: Value | None, snapshot: Snapshot) -> Any:
+    """Scalars as Python values (ints, floats, enumerator names); the rest as Views."""
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, EnumValue):
+        return value.name if value.name is not None else value.value
+    return View(value, snapshot, getattr(value, "type_name", ""))
+
+
+class Context:
+    """What a transformer may use: the whole old state and the new process."""
+
+    def __init__(self, snapshot: Snapshot, backend: Any) -> None:
+        self._snapshot = snapshot
+        self._backend = backend
+
+    def old(self, name: str) -> Any:
+        """Any old tagged variable, by plain name or by key (e.g. 'main:nclients')."""
+        for var in self._snapshot.variables:
+            if name in (var.key, var.name):
+                return wrap(var.value, self._snapshot)
+        raise KeyError(f"v1 has no tagged variable {name}")
+
+    def call(self, function: str, *args: int | str | bytes) -> int:
+        """Call a function of the new program inside the new process; str/bytes become C strings."""
+        return self._backend.call(function, *args)
+
+    def set(self, address: int, type_name: str, field_name: str, value: Any) -> None:
+        """Write one field of a v2 struct at `address` in the new process."""
+        self._backend.set_field(address, " ".join(type_name.split()), field_name, value)
+
+    def function(self, name: str) -> int:
+        """The address of a function of the new program (or name@library)."""
+        return self._backend.function(name)
+
+    def new(self, type_name: str, **fields: Any) -> New:
+        """A new struct of v2's `type_name` on the new heap, fields by name (others zero)."""
+        return New(" ".join(type_name.split()), fields)
+
+    def array(self, type_name: str, items: list[Any]) -> New:
+        """A new heap array of v2's `type_name` elements."""
+        return New(" ".join(type_name.split()), list(items), len(items))
+
+    def string(self, text: str | bytes) -> New:
+        """A new NUL-terminated string on the new heap."""
+        data = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
+        return New("char", data + b"\0", len(data) + 1)

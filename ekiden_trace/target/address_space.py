@@ -1,0 +1,184 @@
+"""A traced process seen through its program: load bias, address regions, frames."""
+
+from __future__ import annotations
+
+import bisect
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ekiden_trace.binary.dwarf.cache import file_key, load_or_build
+from ekiden_trace.binary.dwarf.cfi import CallFrameTable
+from ekiden_trace.binary.dwarf.expr import regs_to_dwarf
+from ekiden_trace.binary.program import Program, SymbolTable
+from ekiden_trace.errors import TargetError
+from ekiden_trace.target.images import mapped_images
+from ekiden_trace.target.tracee import Mapping, Tracee, read_maps
+from ekiden_trace.target.unwind import Frame, ModuleMap, unwind
+
+CFI_FORMAT = 1
+STACK_COPY = 64 << 10  # the top of the stack read at once for unwinding, at most
+
+
+@dataclass(frozen=True)
+class Module:
+    """A mapped ELF file: its runtime extent, load bias and symbols."""
+
+    path: str
+    start: int
+    end: int
+    bias: int
+    symbols: SymbolTable
+
+
+def _same_file(a: str, b: str | Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+_tables: dict[str, CallFrameTable] = {}
+
+
+def _call_frame_table(path: str) -> CallFrameTable:
+    """A file's unwind table: from the disk cache once, then from memory (by file identity)."""
+    key = f"{file_key(path)}-cfi-v{CFI_FORMAT}"
+    if key not in _tables:
+        data = load_or_build(key, lambda: CallFrameTable.from_elf(path).to_json())
+        _tables[key] = CallFrameTable.from_json(data)
+    return _tables[key]
+
+
+class LiveProcess:
+    """A process running a known Program.
+
+    Built before the process is stopped (everything slow happens here: module
+    list, unwind tables, symbols); `stopped()` then binds it to the tracee.
+    """
+
+    def __init__(self, pid: int, program: Program) -> None:
+        self.pid = pid
+        self.program = program
+        self.tracee: Tracee | None = None
+        exe = f"/proc/{pid}/exe"
+        if not _same_file(exe, program.path):
+            raise TargetError(
+                f"process {pid} runs {os.path.realpath(exe)}, not {program.path}; "
+                "give the binary the process was started from."
+            )
+        self._set_maps(read_maps(pid))
+        self.modules = self._modules()
+        self._main = next(m for m in self.modules if _same_file(m.path, program.path))
+        self.bias = self._main.bias
+        self._module_map = ModuleMap(
+            [(m.start, m.end, m.bias, m.path, _call_frame_table(m.path)) for m in self.modules]
+        )
+
+    def _set_maps(self, maps: list[Mapping]) -> None:
+        self.maps = maps
+        self._starts = [m.start for m in maps]
+
+    def stopped(self, tracee: Tracee) -> None:
+        """Bind to the stopped tracee and re-read its mappings (the heap may have grown)."""
+        self.tracee = tracee
+        self._set_maps(tracee.maps())
+
+    def _modules(self) -> list[Module]:
+        """The ELF files mapped in the process, the program's own with its full symbols."""
+        modules = []
+        for image in mapped_images(self.pid, self.maps):
+            if _same_file(image.path, self.program.path):
+                symbols = self.program.symbols
+            else:
+                symbols = SymbolTable(image.image.symbols)
+            start = min(m.start for m in image.mappings)
+            end = max(m.end for m in image.mappings)
+            modules.append(Module(image.path, start, end, image.bias, symbols))
+        return modules
+
+    def mapping_at(self, addr: int) -> Mapping | None:
+        """The mapping that holds a runtime address."""
+        i = bisect.bisect_right(self._starts, addr) - 1
+        if i >= 0 and addr < self.maps[i].end:
+            return self.maps[i]
+        return None
+
+    def region(self, addr: int) -> str:
+        """Classify an address: program 'data' or 'code', 'heap', 'stack', 'library', 'unmapped'."""
+        mapping = self.mapping_at(addr)
+        if mapping is None:
+            return "unmapped"
+        if mapping.path == "[stack]":
+            return "stack"
+        if self._main.start <= addr < self._main.end and mapping.path == self._main.path:
+            return "data" if "w" in mapping.perms else "code"
+        if mapping.path in ("", "[heap]") and "w" in mapping.perms:
+            return "heap"
+        return "library"
+
+    def symbol_at(self, addr: int) -> tuple[str, int] | None:
+        """(symbol name, offset) for a runtime address in any module; library names get @lib."""
+        for module in self.modules:
+            if module.start <= addr < module.end:
+                suffix = "" if module is self._main else "@" + Path(module.path).name
+                sym = module.symbols.containing(addr - module.bias)
+                if sym is None:
+                    return None
+                return sym.name + suffix, addr - module.bias - sym.addr
+        return None
+
+    def code_name(self, addr: int) -> str:
+        """A readable name for a code address: its function (from DWARF when known), else
+        symbol@library, else library+offset."""
+        if self._main.start <= addr < self._main.end:
+            function = self.program.index.function_at(addr - self.bias)
+            if function is not None:
+                return function.name
+        found = self.symbol_at(addr)
+        if found is not None:
+            return found[0]
+        module = next((m for m in self.modules if m.start <= addr < m.end), None)
+        if module is None:
+            return f"{addr:#x}"
+        return f"{Path(module.path).name}+{addr - module.bias:#x}"
+
+    def code_start(self, addr: int) -> int | None:
+        """Start of the function (or function part) holding a code address, when known."""
+        if self._main.start <= addr < self._main.end:
+            function = self.program.index.function_at(addr - self.bias)
+            if function is not None:
+                link = addr - self.bias
+                lo = next((lo for lo, hi in function.ranges if lo <= link < hi), None)
+                if lo is not None:
+                    return lo + self.bias
+        found = self.symbol_at(addr)
+        return addr - found[1] if found else None
+
+    def frames(self) -> list[Frame]:
+        """The current thread's frames, unwound with CFI from the registers at the stop."""
+        assert self.tracee is not None, "frames() needs a stopped tracee"
+        regs = self.tracee.regs()
+        stack = _StackCopy(self.tracee, regs.rsp, self.mapping_at(regs.rsp))
+        return unwind(regs_to_dwarf(regs), self._module_map, stack.read_word)
+
+
+class _StackCopy:
+    """The top of a stopped thread's stack, read in one go: unwinding reads a few words
+    per frame there, each a system call otherwise.  Other words are read one by one."""
+
+    def __init__(self, tracee: Tracee, sp: int, mapping: Mapping | None) -> None:
+        self.tracee = tracee
+        self.start = sp
+        size = min(mapping.end - sp, STACK_COPY) if mapping is not None else 0
+        try:
+            self.data = tracee.read(sp, size)
+        except OSError:
+            self.data = b""
+
+    def read_word(self, addr: int) -> int:
+        """The 64-bit word at addr."""
+        offset = addr - self.start
+        if 0 <= offset <= len(self.data) - 8:
+            return int.from_bytes(self.data[offset : offset + 8], "little")
+        return self.tracee.read_word(addr)

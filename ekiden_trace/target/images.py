@@ -1,0 +1,242 @@
+"""The ELF images mapped in a live process, as injection and naming need them.
+
+Function symbols come from each file's .dynsym and .symtab and are placed at
+run time by the image's load bias, found in /proc/PID/maps; the same parse
+gives the symbol table that names addresses (live.py).
+Parsed files are cached by file identity; `syscall` gadgets by build-id.
+Lookups return None when nothing fits: the public layer (inject.py) turns
+that into an error message.
+"""
+
+from __future__ import annotations
+
+import os
+from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+from capstone.x86 import X86_INS_SYSCALL
+
+from ekiden_trace.binary.elf import STT_FUNC, STT_GNU_IFUNC, ElfBinary, Symbol
+from ekiden_trace.errors import BinaryError
+from ekiden_trace.target.tracee import Mapping, read_maps
+
+SYSCALL_BYTES = b"\x0f\x05"
+_SCAN_CHUNK = 1 << 20
+_VERSYM_HIDDEN = 0x8000
+_DECODER = Cs(CS_ARCH_X86, CS_MODE_64)
+
+Reader = Callable[[int, int], bytes]
+
+
+@dataclass(frozen=True)
+class FunctionSymbol:
+    """A defined function of an ELF file, at its link-time address."""
+
+    name: str
+    addr: int
+    size: int
+    ifunc: bool  # a GNU indirect function: addr is its resolver
+
+
+@dataclass(frozen=True)
+class ElfImage:
+    """What injection and naming need from one ELF file."""
+
+    build_id: str | None
+    load_delta: int  # p_vaddr - p_offset of the lowest PT_LOAD
+    entry: int  # e_entry
+    functions: dict[str, FunctionSymbol]
+    symbols: list[Symbol]  # functions and objects of .symtab, or else .dynsym, for naming
+    code: tuple[tuple[int, int, int], ...]  # (p_vaddr, p_offset, p_filesz) of executable PT_LOADs
+
+
+@dataclass(frozen=True)
+class MappedImage:
+    """An ELF file mapped in a process: its path, load bias and mappings."""
+
+    path: str
+    bias: int
+    image: ElfImage
+    mappings: tuple[Mapping, ...]
+
+    def executable(self, addr: int, size: int = 1) -> bool:
+        """True when [addr, addr+size) lies in one executable mapping of this image."""
+        return any(
+            m.start <= addr and addr + size <= m.end and "x" in m.perms for m in self.mappings
+        )
+
+
+_images: dict[tuple[int, int, int, int], ElfImage | None] = {}
+_gadgets: dict[str, int] = {}
+_file_gadgets: dict[tuple[str, str], tuple[int, bytes] | None] = {}
+
+
+def load_image(path: str) -> ElfImage | None:
+    """Read `path` (cached by device, inode, size and mtime); None when it is not an x86-64
+    ELF file."""
+    try:
+        st = os.stat(path)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if key not in _images:
+            with ElfBinary(path) as elf:
+                functions = _functions(elf)
+                _images[key] = ElfImage(
+                    elf.build_id,
+                    elf.first_load_vaddr,
+                    elf.entry,
+                    functions,
+                    elf.symbols(),
+                    tuple(elf.code_segments),
+                )
+        return _images[key]
+    except (OSError, BinaryError):
+        return None
+
+
+def _functions(elf: ElfBinary) -> dict[str, FunctionSymbol]:
+    """Defined functions of .dynsym and .symtab by name; a global default-version
+    definition wins over a hidden version or a local one."""
+    best: dict[str, tuple[int, FunctionSymbol]] = {}
+    for table in (".dynsym", ".symtab"):
+        versions = elf.symbol_versions() if table == ".dynsym" else array("H")
+        for entry in elf.symbol_entries(table):
+            if entry.type not in (STT_FUNC, STT_GNU_IFUNC) or not entry.addr:
+                continue
+            hidden = entry.index < len(versions) and versions[entry.index] & _VERSYM_HIDDEN
+            rank = (2 if entry.local else 0) + (1 if hidden else 0)
+            if entry.name not in best or rank < best[entry.name][0]:
+                ifunc = entry.type == STT_GNU_IFUNC
+                found = FunctionSymbol(entry.name, entry.addr, entry.size, ifunc)
+                best[entry.name] = (rank, found)
+    return {name: found for name, (_, found) in best.items()}
+
+
+def mapped_images(pid: int, maps: list[Mapping] | None = None) -> list[MappedImage]:
+    """The ELF files mapped in `pid` (whose /proc/PID/maps is `maps`, when already read):
+    the executable first, then in address order."""
+    by_path: dict[str, list[Mapping]] = {}
+    for mapping in read_maps(pid) if maps is None else maps:
+        if mapping.path.startswith("/"):
+            by_path.setdefault(mapping.path, []).append(mapping)
+    exe = os.readlink(f"/proc/{pid}/exe")
+    images = []
+    for path, mappings in sorted(by_path.items(), key=lambda item: item[0] != exe):
+        first = min(mappings, key=lambda m: m.start)
+        # map_files opens the very file mapped, even when deleted or outside our root.
+        image = load_image(f"/proc/{pid}/map_files/{first.start:x}-{first.end:x}")
+        if image is None:
+            image = load_image(path)
+        if image is not None:
+            bias = first.start - first.offset - image.load_delta
+            images.append(MappedImage(path, bias, image, tuple(mappings)))
+    return images
+
+
+def matches_library(path: str, library: str) -> bool:
+    """True when `library` names this file: its full path or its basename."""
+    return library in (path, os.path.basename(path))
+
+
+def decodes_as_syscall(code: bytes, addr: int) -> bool:
+    """True when the first instruction of `code` (placed at `addr`) is `syscall`."""
+    insn = next(_DECODER.disasm(code[:15], addr, 1), None)
+    return insn is not None and insn.id == X86_INS_SYSCALL
+
+
+def syscall_in_code(code: bytes, start: int) -> int | None:
+    """The first `syscall` found by decoding `code` from `start`, an instruction boundary."""
+    if SYSCALL_BYTES not in code:
+        return None
+    for insn in _DECODER.disasm(code, start):
+        if insn.id == X86_INS_SYSCALL:
+            return insn.address
+    return None
+
+
+def _gadget_candidates(image: ElfImage) -> Iterator[FunctionSymbol]:
+    """glibc's syscall(2) wrapper first, then the other functions in address order."""
+    preferred = image.functions.get("syscall")
+    if preferred is not None:
+        yield preferred
+    for function in sorted(image.functions.values(), key=lambda f: f.addr):
+        if function is not preferred and not function.ifunc and function.size:
+            yield function
+
+
+def image_gadget(read: Reader, mapped: MappedImage) -> int | None:
+    """A `syscall` at an instruction boundary of a function of `mapped`, or None.
+
+    Functions are decoded one at a time from their symbol, so the search stops
+    at the first hit instead of decoding the whole library; the hit's
+    link-time address is cached per build-id.
+    """
+    key = mapped.image.build_id
+    if key is not None and key in _gadgets:
+        addr = mapped.bias + _gadgets[key]
+        if mapped.executable(addr, 2) and decodes_as_syscall(read_or_empty(read, addr, 2), addr):
+            return addr
+    for function in _gadget_candidates(mapped.image):
+        start = mapped.bias + function.addr
+        if not mapped.executable(start, function.size):
+            continue
+        hit = syscall_in_code(read_or_empty(read, start, function.size), start)
+        if hit is not None:
+            if key is not None:
+                _gadgets[key] = hit - mapped.bias
+            return hit
+    return None
+
+
+def file_gadget(path: str, function: str) -> tuple[int, bytes] | None:
+    """The first `syscall` of `function` in the file `path`, decoded from the file (no process
+    needed): (the function's link-time address, its code up to and including the syscall).
+    Cached by path; whoever uses it checks first that the code in the process is this code."""
+    key = (path, function)
+    if key not in _file_gadgets:
+        _file_gadgets[key] = _decode_file_gadget(path, function)
+    return _file_gadgets[key]
+
+
+def _decode_file_gadget(path: str, function: str) -> tuple[int, bytes] | None:
+    image = load_image(path)
+    symbol = image.functions.get(function) if image is not None else None
+    if image is None or symbol is None or symbol.ifunc:
+        return None
+    for vaddr, offset, size in image.code:
+        if vaddr <= symbol.addr and symbol.addr + symbol.size <= vaddr + size:
+            with open(path, "rb") as f:
+                f.seek(offset + symbol.addr - vaddr)
+                code = f.read(symbol.size)
+            hit = syscall_in_code(code, symbol.addr)
+            if hit is None:
+                return None
+            return symbol.addr, code[: hit - symbol.addr + len(SYSCALL_BYTES)]
+    return None
+
+
+def scan_gadget(read: Reader, mappings: list[Mapping]) -> int | None:
+    """A `0f 05` in executable memory without symbols, accepted when it decodes as
+    `syscall` followed by a few valid instructions (boundaries cannot be proven here)."""
+    for mapping in mappings:
+        if "x" not in mapping.perms or "r" not in mapping.perms:
+            continue
+        for chunk_start in range(mapping.start, mapping.end, _SCAN_CHUNK):
+            size = min(_SCAN_CHUNK, mapping.end - chunk_start)
+            code = read_or_empty(read, chunk_start, size)
+            at = code.find(SYSCALL_BYTES)
+            while at >= 0:
+                decoded = list(_DECODER.disasm(code[at : at + 32], chunk_start + at, 4))
+                if len(decoded) == 4 and decoded[0].id == X86_INS_SYSCALL:
+                    return chunk_start + at
+                at = code.find(SYSCALL_BYTES, at + 1)
+    return None
+
+
+def read_or_empty(read: Reader, addr: int, size: int) -> bytes:
+    """The bytes at addr, or b"" when they cannot be read."""
+    try:
+        return read(addr, size)
+    except OSError:
+        return b""
