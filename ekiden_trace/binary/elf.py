@@ -218,11 +218,6 @@ class ElfBinary:
                 return note.desc.hex()
         return None
 
-    @property
-    def is_pie(self) -> bool:
-        """True for position-independent executables and shared objects."""
-        return self._type == ET_DYN
-
     @cached_property
     def first_load_vaddr(self) -> int:
         """The page-aligned link-time address of the lowest PT_LOAD segment."""
@@ -312,11 +307,3 @@ class ElfBinary:
         if section is not None:
             versions.frombytes(self._read(section.offset, section.size - section.size % 2))
         return versions
-
-    def readonly_ranges(self) -> list[tuple[int, int]]:
-        """Link-time address ranges of loaded, non-writable sections (code and rodata)."""
-        return sorted(
-            (s.addr, s.addr + s.size)
-            for s in self._sections
-            if s.flags & SHF_ALLOC and not s.flags & SHF_WRITE and s.size
-        )

@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 
 from ekiden_trace.binary.marks import HintMark
 
-POINTER_KINDS = ("array", "buffer", "points_to", "opaque")
-
 
 @dataclass(frozen=True)
 class PointerHint:

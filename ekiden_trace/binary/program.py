@@ -158,7 +158,3 @@ class Program:
             )
             found.setdefault(tagged.key, tagged)
         return sorted(found.values(), key=lambda t: (t.scope != "global", t.key))
-
-    def tag_named(self, name: str) -> TaggedVariable | None:
-        """A tagged variable by its plain name (the first when several share it)."""
-        return next((t for t in self.tags if t.name == name), None)

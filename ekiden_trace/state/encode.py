@@ -34,9 +34,6 @@ from ekiden_trace.state.snapshot import (
 )
 from ekiden_trace.state.views import Context, New, View, wrap
 
-CHARS = ("signed_char", "unsigned_char")
-
-
 Unit = HeapObject | New
 
 

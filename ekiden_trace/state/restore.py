@@ -59,7 +59,6 @@ class RestoreResult:
     not_reached: list[str] = field(default_factory=list)
     objects: int = 0
     bytes: int = 0
-    seconds: float = 0.0
 
 
 class Restorer:
@@ -147,7 +146,6 @@ class Restorer:
         self.control.guard(False)  # all state is written: v2 may run free
         result.objects = self.encoder.objects_written
         result.bytes = self.encoder.bytes_written
-        result.seconds = time.monotonic() - started
         return result
 
     def _at_mark(self, reported: MarkStop, result: RestoreResult) -> bool:
