@@ -160,7 +160,6 @@ class ElfBinary:
             header.shoff and header.shentsize != _SECTION.size
         ):
             raise self._damaged()
-        self._type = header.type
         self.entry = header.entry
         self._sections = self._read_sections(header.shoff, header.shnum, header.shstrndx)
         self._by_name = {section.name: section for section in self._sections}
