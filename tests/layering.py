@@ -23,11 +23,11 @@ LAYERS = {  # package -> the packages it may import (besides itself and SHARED)
 }
 
 
-def module_names() -> dict[str, Path]:
+def module_names(package: Path) -> dict[str, Path]:
     """Dotted module name -> file, packages by their __init__."""
     modules = {}
-    for path in PACKAGE.rglob("*.py"):
-        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
         if parts[-1] == "__init__":
             parts = parts[:-1]
         modules[".".join(parts)] = path
@@ -53,7 +53,8 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
 
 
 def layer_of(name: str) -> str:
-    """'binary', 'plan', ... for a module in a layer; 'shared' or 'top' for the rest."""
+    """'binary', 'plan', ... for a module in a layer; 'shared' or 'top' for the rest.
+    The top-level package's own name does not matter: `pkg.target.x` is in 'target'."""
     parts = name.split(".")
     if len(parts) > 1 and parts[1] in LAYERS:
         return parts[1]
@@ -72,6 +73,7 @@ def may_import(layer: str, other: str) -> bool:
 
 
 def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """An import a layer may not make, one line each."""
     return [
         f"{name} ({layer_of(name)}) imports {target} ({layer_of(target)})"
         for name, targets in sorted(graph.items())
@@ -122,14 +124,15 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return groups
 
 
-def import_graph() -> dict[str, set[str]]:
-    modules = module_names()
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports."""
+    modules = module_names(package)
     return {name: imports_of(name, path, modules) for name, path in modules.items()}
 
 
-def problems() -> list[str]:
+def problems(package: Path = PACKAGE) -> list[str]:
     """Every layering violation and import cycle, one line each."""
-    graph = import_graph()
+    graph = import_graph(package)
     found = layer_violations(graph)
     found += ["import cycle: " + " -> ".join(group) for group in cycles(graph)]
     return found
@@ -139,5 +142,5 @@ if __name__ == "__main__":
     found = problems()
     for line in found:
         print(line)
-    print(f"layering: {len(found)} problem(s) in {len(import_graph())} modules")
+    print(f"layering: {len(found)} problem(s) in {len(module_names(PACKAGE))} modules")
     sys.exit(1 if found else 0)

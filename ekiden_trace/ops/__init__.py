@@ -1,0 +1,8 @@
+"""Policy: what the commands do, built from the layers below.
+
+Owns preflight (the one home for every refusal before the pause), inspect,
+update, the one rollback used by both the tool and the guardian, the guardian
+process, forking-server trees and interrupts. It may import every layer below
+(`binary/`, `plan/`, `target/`, `state/`); only `cli`, `render` and `xform`
+import it.
+"""
