@@ -38,6 +38,23 @@ def fixture_binary(name: str, version: str) -> Path:
     return binary
 
 
+def build_fixture(
+    name: str, version: str, out: Path, *flags: str, compiler: str = "gcc"
+) -> subprocess.CompletedProcess[str]:
+    """Compile fixtures/<name>/<version>.c as `make lint` does (the Makefile's flags with
+    -Werror), with flags after -g; the compiler's result, output captured."""
+    return subprocess.run(
+        [
+            compiler, "-std=c99", "-D_GNU_SOURCE", "-g", *flags,
+            "-Wall", "-Wextra", "-Werror", "-I", "probes",
+            f"fixtures/{name}/{version}.c", "-o", os.fspath(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+
+
 def free_port() -> int:
     """A loopback port that was free a moment ago."""
     with socket.socket() as s:

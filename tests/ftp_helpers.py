@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from clients import TIMEOUT, Server, fixture_binary, free_port
+from clients import TIMEOUT, Server, build_fixture, fixture_binary, free_port
 from elftools.elf.elffile import ELFFile
 
 VERSIONS = ("v1", "v2", "v3")
@@ -234,17 +234,7 @@ def multiline(reply: str) -> list[str]:
 
 def build(version: str, out: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     """Compile fixtures/ftpd/<version>.c as the Makefile does, with flags after -g."""
-    repo = Path(__file__).resolve().parent.parent
-    return subprocess.run(
-        [
-            "gcc", "-std=c99", "-D_GNU_SOURCE", "-g", *flags,
-            "-Wall", "-Wextra", "-Werror", "-I", "probes",
-            f"fixtures/ftpd/{version}.c", "-o", os.fspath(out),
-        ],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-    )  # fmt: skip
+    return build_fixture("ftpd", version, out, *flags)
 
 
 def readelf_update_points(binary: Path) -> set[str]:

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 from clients import (
-    REPO,
     CounterClient,
     KvClient,
     LineClient,
     Server,
+    build_fixture,
     connected,
     fixture_binary,
     start_server,
@@ -107,16 +107,7 @@ def only(*versions: Version) -> pytest.MarkDecorator:
 
 def build(version: Version, out: Path, *flags: str) -> subprocess.CompletedProcess[str]:
     """Compile the version's source as the Makefile does, with flags after -g."""
-    return subprocess.run(
-        [
-            "gcc", "-std=c99", "-D_GNU_SOURCE", "-g", *flags,
-            "-Wall", "-Wextra", "-Werror", "-I", "probes",
-            f"fixtures/{version.fixture}/{version.name}.c", "-o", str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )  # fmt: skip
+    return build_fixture(version.fixture, version.name, out, *flags)
 
 
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:

@@ -212,6 +212,7 @@ class _Builder:
         self.decls: dict[int, _Decl] = {}
         self.vars: list[_PendingVar] = []
         self.functions: list[tuple[int, list[list[int]], str | None]] = []
+        self.subprograms: list[int] = []  # offsets of every function's DIEs, for _declared_in
         self.scopes: list[Scope] = []
         self.sequences: list[Sequence] = []
         self.file_ids: dict[str, int] = {}
@@ -638,6 +639,7 @@ class _Builder:
         if ctx.kind not in ("cu", "scope", "abstract"):
             return _SKIP
         self._record_decl(die, unit)
+        self.subprograms.append(die.offset)
         a = die.attributes
         if "DW_AT_declaration" in a:
             return _SKIP
@@ -782,6 +784,7 @@ class _Builder:
                 if origin is None:
                     origin = owner.origin
             elif origin is not None:
+                origin = self._declared_in(origin, d)
                 function = self._decl(origin).name
             index = len(rows)
             var = Variable(
@@ -806,6 +809,25 @@ class _Builder:
             if pv.attach is not None:
                 self.scopes[pv.attach].vars.setdefault(name, index)
         return rows, cu_vars, global_vars, statics
+
+    def _declared_in(self, origin: int, var: _Decl) -> int:
+        """The function a static belongs to.  Usually its origin; but clang 14 puts the
+        static of a function inlined everywhere under a bare DW_TAG_subprogram (no name,
+        no origin), and then it is the function declared last before the static in the
+        same file and unit (C functions do not nest)."""
+        bare = self.decls[origin]
+        if bare.name is not None or bare.ref is not None or var.line is None:
+            return origin
+        candidates = [
+            (d.line, offset)
+            for offset in self.subprograms
+            if (d := self._decl(offset)).name is not None
+            and d.cu == var.cu
+            and d.file == var.file
+            and d.line is not None
+            and d.line <= var.line
+        ]
+        return max(candidates)[1] if candidates else origin
 
     def _finish_types(self) -> None:
         types = self.types

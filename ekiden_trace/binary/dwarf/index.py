@@ -22,7 +22,7 @@ from ekiden_trace.binary.elf import ElfBinary
 
 __all__ = ["FORMAT", "DebugIndex", "Function", "Location", "Scope", "Variable"]
 
-FORMAT = 2
+FORMAT = 3
 """Version of the cached index layout; part of the cache key and of the data."""
 
 _STATIC_SCOPES = frozenset({"global", "file_static", "function_static"})
