@@ -41,12 +41,12 @@ def fixture_binary(name: str, version: str) -> Path:
 def build_fixture(
     name: str, version: str, out: Path, *flags: str, compiler: str = "gcc"
 ) -> subprocess.CompletedProcess[str]:
-    """Compile fixtures/<name>/<version>.c as `make lint` does (the Makefile's flags with
-    -Werror), with flags after -g; the compiler's result, output captured."""
+    """Compile fixtures/<name>/<version>.c with the Makefile's flags (warnings shown, not
+    fatal) and flags after -g; the compiler's result, output captured."""
     return subprocess.run(
         [
             compiler, "-std=c99", "-D_GNU_SOURCE", "-g", *flags,
-            "-Wall", "-Wextra", "-Werror", "-I", "probes",
+            "-Wall", "-Wextra", "-I", "probes",
             f"fixtures/{name}/{version}.c", "-o", os.fspath(out),
         ],
         cwd=REPO,
