@@ -18,7 +18,7 @@ from ekiden_trace.binary.program import Program, TaggedVariable
 from ekiden_trace.plan.transformers import Transformers
 
 INT_ENCODINGS = ("signed", "unsigned", "signed_char", "unsigned_char", "bool")
-PLAN_FORMAT = 1
+PLAN_FORMAT = 2
 """Version of the cached plan layout (see plan_update)."""
 
 
@@ -209,6 +209,9 @@ class TypeMatcher:
         for name, member in old_fields.items():
             if name not in new_fields:
                 self._note(type_name, f"field {name} removed (dropped)")
+                continue
+            if self.transformers.for_field(type_name, name) is not None:
+                self._note(type_name, f"field {name} set by a transformer")
                 continue
             found += yield (member.type, new_fields[name].type, f".{name}")
             self._note_field_type(type_name, name, member.type, new_fields[name].type)
