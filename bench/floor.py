@@ -20,36 +20,27 @@ from collections.abc import Callable
 from procs import BenchServer
 
 from ekiden_trace.binary.program import Program
-from ekiden_trace.state.backend import load_bias
-from ekiden_trace.state.control import ControlBlock, choose_stop_signal
+from ekiden_trace.state.backend import program_bias
+from ekiden_trace.state.control import STOP_FUNCTION, ControlBlock, choose_stop_signal
 from ekiden_trace.state.rendezvous import wait_for_point
-from ekiden_trace.target.inject import (
-    exec_in_place,
-    find_syscall_gadget,
-    read_cmdline,
-    read_environ,
-)
+from ekiden_trace.target import procfs
+from ekiden_trace.target.inject import Injector
 from ekiden_trace.target.tracee import Tracee
-
-
-def _stop_ranges(program: Program, bias: int) -> list[tuple[int, int]]:
-    sym = program.symbols.by_name.get("ekiden__stop")
-    return [(sym.addr + bias, sym.addr + sym.size + bias)] if sym else []
 
 
 def exec_to_first_mark(pid: int, old: Program, new: Program, syscall_stops: bool) -> float:
     """Seconds from exec_in_place(new) to new's first mark in process pid (a fresh old
     version, which is left stopped for the caller to kill)."""
     tracee = Tracee.seize(pid)
-    bias = load_bias(pid, old)
+    bias = program_bias(pid, old)
     control = ControlBlock(tracee, old.marks.control + bias)
     signo = choose_stop_signal(tracee)
     wait_for_point(tracee, control, signo, None, 10.0)
-    gadget = find_syscall_gadget(tracee, _stop_ranges(old, bias))
-    argv, envp = read_cmdline(pid), read_environ(pid)
+    injector = Injector.for_tracee(tracee, str(old.path), STOP_FUNCTION, bias)
+    argv, envp = procfs.cmdline(pid), procfs.environ(pid)
     started = time.monotonic()
-    exec_in_place(tracee, gadget, str(new.path), argv, envp)
-    new_control = ControlBlock(tracee, new.marks.control + load_bias(pid, new))
+    injector.exec_in_place(str(new.path), argv, envp)
+    new_control = ControlBlock(tracee, new.marks.control + program_bias(pid, new))
     new_control.arm(signo)
     resume = tracee.syscall if syscall_stops else tracee.cont
     resume()

@@ -194,22 +194,25 @@ def _seize_when_free(pid: int):
 
 def rescue(state: GuardState) -> bool:
     """Roll the target back if the dead tool left it mid-update; True if it did."""
+    from ekiden_trace.binary.files import same_file
     from ekiden_trace.binary.program import Program
-    from ekiden_trace.state.backend import load_bias
-    from ekiden_trace.state.control import ControlBlock
+    from ekiden_trace.state.backend import program_bias
+    from ekiden_trace.state.control import STOP_FUNCTION, ControlBlock
     from ekiden_trace.state.rendezvous import leave
-    from ekiden_trace.target.inject import find_syscall_gadget, function_range, restore_cloexec
+    from ekiden_trace.target import procfs
+    from ekiden_trace.target.inject import Injector
 
     tracee = _seize_when_free(state.pid)
     try:
-        running = Program(os.readlink(f"/proc/{state.pid}/exe"))
-        control = ControlBlock(tracee, running.marks.control + load_bias(state.pid, running))
-        gadget = find_syscall_gadget(tracee, [function_range(state.pid, "ekiden__stop")])
+        running = Program(procfs.exe_link(state.pid))
+        bias = program_bias(state.pid, running)
+        control = ControlBlock(tracee, running.marks.control + bias)
+        injector = Injector.for_tracee(tracee, str(running.path), STOP_FUNCTION, bias)
         if not control.is_guarded():
-            if os.path.samefile(running.path, state.old_path):
-                restore_cloexec(tracee, gadget, state.cleared)  # died before the exec
+            if same_file(running.path, state.old_path):
+                injector.restore_cloexec(state.cleared)  # died before the exec
             return False  # or the new version already has all its state
-        roll_back_to(tracee, gadget, Program(state.old_path), state)
+        roll_back_to(injector, Program(state.old_path), state)
         return True
     finally:
         leave(tracee, None)

@@ -6,23 +6,18 @@ Each check reads files and /proc only; none stops the process.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
+from ekiden_trace.binary.files import same_file
 from ekiden_trace.binary.program import Program
 from ekiden_trace.errors import BinaryError, TargetError
+from ekiden_trace.target import procfs
 from ekiden_trace.target.tracee import check_traceable
-
-
-def file_identity(path: str) -> tuple[int, ...]:
-    """Device, inode, size and change times: what must not change between check and exec."""
-    info = os.stat(path)
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
 def check_trusted(pid: int, new: Program, force: bool) -> None:
     """BinaryError for a new binary that others could have changed, unless forced."""
     info = new.path.stat()
-    uid = int(Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[1])
+    uid, _ = procfs.uid_gid(pid)
     if force:
         return
     if info.st_mode & 0o002:
@@ -40,21 +35,14 @@ def check_trusted(pid: int, new: Program, force: bool) -> None:
 def check_reachable(pid: int, new: Program) -> None:
     """TargetError unless the process could exec `new` itself: the same file (and its
     interpreter) seen from the process's root, executable with its credentials."""
-    root = f"/proc/{pid}/root"
     for path in filter(None, (str(new.path.resolve()), new.elf.interpreter)):
-        try:
-            same = os.path.samefile(root + path, path)
-        except OSError:
-            same = False
-        if not same:
+        if not same_file(procfs.root_path(pid, path), path):
             raise TargetError(
                 f"process {pid} cannot see {path} from its root directory (is it chrooted?); "
                 "it could not exec the new version, so it is left as it is."
             )
-    status = Path(f"/proc/{pid}/status").read_text().splitlines()
-    ids = {line.split(":")[0]: line.split()[2] for line in status if line[:4] in ("Uid:", "Gid:")}
+    uid, gid = procfs.uid_gid(pid)
     info = new.path.stat()
-    uid, gid = int(ids["Uid"]), int(ids["Gid"])
     if uid == 0:
         allowed = bool(info.st_mode & 0o111)
     elif uid == info.st_uid:
@@ -74,7 +62,7 @@ def program_of(pid: int) -> Program:
     """The marked program a process runs, read from its executable (before touching it)."""
     check_traceable(pid)
     try:
-        exe = os.readlink(f"/proc/{pid}/exe")
+        exe = procfs.exe_link(pid)
     except PermissionError:
         raise TargetError(
             f"process {pid} belongs to another user and its executable cannot be read; "
@@ -84,7 +72,7 @@ def program_of(pid: int) -> Program:
         raise TargetError(
             f"process {pid} has no executable (a kernel thread?); pick a user process."
         ) from None
-    path = exe if os.path.exists(exe) else f"/proc/{pid}/exe"
+    path = exe if os.path.exists(exe) else procfs.exe_path(pid)
     return Program(path)
 
 

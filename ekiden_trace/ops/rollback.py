@@ -14,8 +14,7 @@ from ekiden_trace.plan.planner import UpdatePlan, plan_update
 from ekiden_trace.plan.transformers import Transformers
 from ekiden_trace.state.restore import Restorer
 from ekiden_trace.state.snapshot import Snapshot
-from ekiden_trace.target.inject import exec_in_place, restore_cloexec
-from ekiden_trace.target.tracee import Tracee
+from ekiden_trace.target.inject import Injector
 
 
 @dataclass
@@ -34,21 +33,22 @@ class GuardState:
 
 
 def roll_back_to(
-    tracee: Tracee,
-    gadget: int,
+    injector: Injector,
     old: Program,
     state: GuardState,
     identity: UpdatePlan | None = None,
 ) -> None:
-    """Exec v1 again in the same process and restore v1's own snapshot into it."""
+    """Exec v1 again in the same process (through `injector`, made for the image it runs
+    now) and restore v1's own snapshot into it."""
     identity = identity or plan_update(old, old, Transformers())
+    tracee = injector.tracee
     try:
-        exec_in_place(tracee, gadget, str(old.path), state.argv, state.envp)
+        injector.exec_in_place(str(old.path), state.argv, state.envp)
         restorer = Restorer(
             tracee, identity, state.snapshot, Transformers(), state.point, state.signo
         )
         restorer.run(state.timeout)
-        restore_cloexec(tracee, restorer.gadget, state.cleared)
+        restorer.injector.restore_cloexec(state.cleared)
     except EkidenError as failure:
         raise EkidenError(
             f"the update failed and so did the rollback ({failure}); process {tracee.pid} "

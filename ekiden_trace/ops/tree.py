@@ -4,32 +4,23 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from ekiden_trace.errors import EkidenError
 from ekiden_trace.ops.interrupts import Interrupted
 from ekiden_trace.ops.update import RolledBack, UpdateOptions, UpdateReport, prepare, update
+from ekiden_trace.target import procfs
 
 
 def tree_of(pid: int) -> list[int]:
     """pid and its descendants that run the same executable, deepest first."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    exe = os.path.realpath(f"/proc/{pid}/exe")
+    children = procfs.children_by_parent()
+    exe = os.path.realpath(procfs.exe_path(pid))
     order: list[int] = []
 
     def visit(current: int) -> None:
         for child in children.get(current, []):
             visit(child)
-        if current == pid or os.path.realpath(f"/proc/{current}/exe") == exe:
+        if current == pid or os.path.realpath(procfs.exe_path(current)) == exe:
             order.append(current)
 
     visit(pid)

@@ -18,18 +18,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from ekiden_trace.binary.files import file_identity
 from ekiden_trace.binary.program import Program
 from ekiden_trace.errors import BinaryError, EkidenError
 from ekiden_trace.faults import kill_point
 from ekiden_trace.ops.guardian import Guardian
 from ekiden_trace.ops.inspect import capture_stopped
-from ekiden_trace.ops.preflight import (
-    check_point,
-    check_reachable,
-    check_trusted,
-    file_identity,
-    program_of,
-)
+from ekiden_trace.ops.preflight import check_point, check_reachable, check_trusted, program_of
 from ekiden_trace.ops.rollback import GuardState, roll_back_to
 from ekiden_trace.plan.planner import UpdatePlan, plan_update
 from ekiden_trace.plan.transformers import Transformers, load_transformers
@@ -39,19 +34,10 @@ from ekiden_trace.state.control import STOP_FUNCTION, ControlBlock, choose_stop_
 from ekiden_trace.state.rendezvous import halt, leave, wait_for_point
 from ekiden_trace.state.restore import Restorer
 from ekiden_trace.state.snapshot import Snapshot
+from ekiden_trace.target import procfs
 from ekiden_trace.target.address_space import LiveProcess
-from ekiden_trace.target.inject import (
-    clear_cloexec,
-    exec_in_place,
-    file_gadget,
-    find_function,
-    find_syscall_gadget,
-    open_fds,
-    read_cmdline,
-    read_environ,
-    restore_cloexec,
-    syscall_gadget,
-)
+from ekiden_trace.target.images import file_gadget
+from ekiden_trace.target.inject import Injector, find_function
 from ekiden_trace.target.tracee import Tracee, sharing_cpu
 
 
@@ -171,7 +157,7 @@ def _no_gc() -> Iterator[None]:
 @_no_gc()
 def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -> UpdateReport:
     """Update process `pid` to options.new; raises with the process running v1 on failure."""
-    report = UpdateReport(pid, os.path.realpath(f"/proc/{pid}/exe"), options.new)
+    report = UpdateReport(pid, os.path.realpath(procfs.exe_path(pid)), options.new)
     clock = _Clock(report)
     prepared = prepared or prepare(pid, options)
     old, plan = prepared.old, prepared.plan
@@ -179,9 +165,9 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
     check_trusted(pid, prepared.new, options.force)
     report.dropped = [v.key for v in plan.variables if v.action == "dropped"]
     report.notes = [f"{t}: {n}" for t, notes in plan.type_notes.items() for n in notes]
-    old_argv = read_cmdline(pid)
+    old_argv = procfs.cmdline(pid)
     argv = old_argv if options.args is None else [old_argv[0], *(a.encode() for a in options.args)]
-    envp = read_environ(pid)
+    envp = procfs.environ(pid)
     live = LiveProcess(pid, old)
     # The new version loads the same libc: resolving malloc now parses its symbols
     # (cached by file) before the pause instead of during the restore.
@@ -194,7 +180,7 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
     try:
         control.check()
         signo = choose_stop_signal(tracee)
-        gadget = syscall_gadget(tracee, str(old.path), STOP_FUNCTION, live.bias)
+        injector = Injector.for_tracee(tracee, str(old.path), STOP_FUNCTION, live.bias)
         report.point = wait_for_point(tracee, control, signo, options.point, options.timeout).what
         paused = clock.lap("wait")
         guardian.watch_cpus(pid)
@@ -212,7 +198,7 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
                 [],
                 options.timeout,
             )
-            _exec_new(tracee, gadget, guardian, state, str(prepared.new.path), argv)
+            _exec_new(injector, guardian, state, str(prepared.new.path), argv)
             control = None  # the old control block went away with the old image
             clock.lap("exec")
             _restore_new(tracee, prepared, state, report)
@@ -237,8 +223,7 @@ def _capture(live: LiveProcess, tracee: Tracee, plan: UpdatePlan, point: str) ->
 
 
 def _exec_new(
-    tracee: Tracee,
-    gadget: int,
+    injector: Injector,
     guardian: Guardian,
     state: GuardState,
     new_path: str,
@@ -246,13 +231,13 @@ def _exec_new(
 ) -> None:
     """Hand the state to the guardian, then exec the new version in place with every fd kept
     open; on failure the process runs v1 as before."""
-    state.cleared = clear_cloexec(tracee, gadget, open_fds(state.pid))
+    state.cleared = injector.clear_cloexec(procfs.open_fds(state.pid))
     guardian.hand_over(state)
     kill_point("cloexec")
     try:
-        exec_in_place(tracee, gadget, new_path, argv, state.envp)
+        injector.exec_in_place(new_path, argv, state.envp)
     except EkidenError:
-        restore_cloexec(tracee, gadget, state.cleared)
+        injector.restore_cloexec(state.cleared)
         raise
 
 
@@ -267,18 +252,18 @@ def _restore_new(
             tracee, prepared.plan, state.snapshot, prepared.transformers, state.point, state.signo
         )
         kill_point("exec")  # the new version is guarded from here on
-        if file_identity(f"/proc/{state.pid}/exe") != prepared.checked:
+        if file_identity(procfs.exe_path(state.pid)) != prepared.checked:
             raise RestoreFailed(f"{prepared.new.path} changed between its check and the exec")
         result = restorer.run(state.timeout)
     except EkidenError as failure:
         halt(tracee)  # an interruption may have come while v2 ran
-        gadget = restorer.gadget if restorer is not None else find_syscall_gadget(tracee, [])
-        roll_back_to(tracee, gadget, prepared.old, state, prepared.identity)
+        injector = restorer.injector if restorer is not None else Injector.for_tracee(tracee)
+        roll_back_to(injector, prepared.old, state, prepared.identity)
         report.outcome = "rolled back"
         raise RolledBack(
             f"the update failed after the exec and was rolled back: {failure}", report, failure
         ) from None
-    restore_cloexec(tracee, restorer.gadget, state.cleared)
+    restorer.injector.restore_cloexec(state.cleared)
     report.moved = result.written
     report.initialised = result.initialised
     report.objects = result.objects

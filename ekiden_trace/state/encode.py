@@ -32,7 +32,7 @@ from ekiden_trace.state.snapshot import (
     Unfollowed,
     UnionValue,
 )
-from ekiden_trace.state.views import Context, New, View, wrap
+from ekiden_trace.state.views import Context, New, NewProcess, View, wrap
 
 Unit = HeapObject | New
 
@@ -47,8 +47,8 @@ class ConversionError(EkidenError):
     exit_code = 8
 
 
-class Backend(Protocol):
-    """What encoding needs from the new process."""
+class Backend(NewProcess, Protocol):
+    """What encoding needs from the new process (transformers call into it too)."""
 
     def malloc_many(self, sizes: list[int]) -> list[int]: ...
     def string(self, text: str | bytes) -> int: ...
@@ -68,7 +68,6 @@ class Encoder:
         snapshot: Snapshot,
         transformers: Transformers,
         backend: Backend,
-        context: Context,
     ) -> None:
         self.new = new
         self.types: dict[int, TypeInfo] = new.index.types
@@ -76,7 +75,7 @@ class Encoder:
         self.snapshot = snapshot
         self.transformers = transformers
         self.backend = backend
-        self.context = context
+        self.context = Context(snapshot, backend, self.set_field)
         self.addresses: dict[int | New, int] = {}
         self._element: dict[int | New, int] = {}
         # Per-type facts, worked out once: encoding runs once per field of every object.

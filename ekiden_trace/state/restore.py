@@ -21,18 +21,16 @@ from ekiden_trace.errors import EkidenError, WaitTimeout
 from ekiden_trace.faults import fault_point, kill_point
 from ekiden_trace.plan.planner import UpdatePlan
 from ekiden_trace.plan.transformers import Transformers, run_transformer
-from ekiden_trace.state.backend import ProcessBackend, RestoreFailed, load_bias
-from ekiden_trace.state.capture import frame_functions
+from ekiden_trace.state.backend import ProcessBackend, RestoreFailed, program_bias
 from ekiden_trace.state.control import KIND_POINT, KIND_TAG, STOP_FUNCTION, ControlBlock, MarkStop
 from ekiden_trace.state.encode import Encoder
+from ekiden_trace.state.locate import frame_functions
 from ekiden_trace.state.rendezvous import halt
 from ekiden_trace.state.snapshot import Snapshot
-from ekiden_trace.state.views import Context, View
+from ekiden_trace.state.views import View
 from ekiden_trace.target.address_space import LiveProcess
 from ekiden_trace.target.images import SYSCALL_BYTES
-from ekiden_trace.target.inject import (
-    syscall_gadget,
-)
+from ekiden_trace.target.inject import Injector
 from ekiden_trace.target.ptrace import user_regs_struct
 from ekiden_trace.target.tracee import Tracee
 
@@ -80,15 +78,11 @@ class Restorer:
         self.transformers = transformers
         self.point = point
         self.signo = signo
-        self.bias = load_bias(tracee.pid, self.new)
+        self.bias = program_bias(tracee.pid, self.new)
         self.control = ControlBlock(tracee, self.new.marks.control + self.bias)
-        self.gadget = syscall_gadget(tracee, str(self.new.path), STOP_FUNCTION, self.bias)
-        self.backend = ProcessBackend(tracee, self.new, self.bias, self.gadget)
-        self.context = Context(snapshot, self.backend)
-        self.encoder = Encoder(
-            plan.old, self.new, snapshot, transformers, self.backend, self.context
-        )
-        self.backend.encoder = self.encoder
+        self.injector = Injector.for_tracee(tracee, str(self.new.path), STOP_FUNCTION, self.bias)
+        self.backend = ProcessBackend(self.injector, self.new, self.bias)
+        self.encoder = Encoder(plan.old, self.new, snapshot, transformers, self.backend)
         # Guard the new version at once: if the tool dies from here on, its marks wait
         # for the guardian instead of letting a half-restored version run.
         self.control.check()
@@ -166,7 +160,7 @@ class Restorer:
         regs = self.tracee.regs()
         if regs.orig_rax in EXIT_SYSCALLS:
             self._refuse_exit(regs)
-        return regs.rip == self.gadget + len(SYSCALL_BYTES)
+        return regs.rip == self.injector.gadget + len(SYSCALL_BYTES)
 
     def _refuse_exit(self, regs: user_regs_struct) -> None:
         """At the entry of exit/exit_group: cancel the call (the process must survive to be
@@ -232,7 +226,7 @@ class Restorer:
                 if old is not None and old.value is not None
                 else None
             )
-            value: Any = run_transformer(produce, tag.name, view, self.context)
+            value: Any = run_transformer(produce, tag.name, view, self.encoder.context)
         else:
             if old is None or old.value is None:
                 return

@@ -6,9 +6,9 @@ variables, allocate new objects (`New`) and call the new version's own functions
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ekiden_trace.state.snapshot import (
     ArrayValue,
@@ -134,12 +134,26 @@ def wrap(value: Value | None, snapshot: Snapshot) -> Any:
     return View(value, snapshot, getattr(value, "type_name", ""))
 
 
+class NewProcess(Protocol):
+    """The new process, as much of it as a transformer may call into."""
+
+    def call(self, function: str, *args: int | str | bytes) -> int: ...
+    def function(self, name: str) -> int: ...
+
+
 class Context:
     """What a transformer may use: the whole old state and the new process."""
 
-    def __init__(self, snapshot: Snapshot, backend: Any) -> None:
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        process: NewProcess,
+        set_field: Callable[[int, str, str, Any], None],
+    ) -> None:
+        """`set_field(address, v2 type name, field name, value)` writes one field."""
         self._snapshot = snapshot
-        self._backend = backend
+        self._process = process
+        self._set_field = set_field
 
     def old(self, name: str) -> Any:
         """Any old tagged variable, by plain name or by key (e.g. 'main:nclients')."""
@@ -150,15 +164,15 @@ class Context:
 
     def call(self, function: str, *args: int | str | bytes) -> int:
         """Call a function of the new program inside the new process; str/bytes become C strings."""
-        return self._backend.call(function, *args)
+        return self._process.call(function, *args)
 
     def set(self, address: int, type_name: str, field_name: str, value: Any) -> None:
         """Write one field of a v2 struct at `address` in the new process."""
-        self._backend.set_field(address, " ".join(type_name.split()), field_name, value)
+        self._set_field(address, " ".join(type_name.split()), field_name, value)
 
     def function(self, name: str) -> int:
         """The address of a function of the new program (or name@library)."""
-        return self._backend.function(name)
+        return self._process.function(name)
 
     def new(self, type_name: str, **fields: Any) -> New:
         """A new struct of v2's `type_name` on the new heap, fields by name (others zero)."""

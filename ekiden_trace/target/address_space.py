@@ -10,10 +10,13 @@ from pathlib import Path
 from ekiden_trace.binary.dwarf.cache import file_key, load_or_build
 from ekiden_trace.binary.dwarf.cfi import CallFrameTable
 from ekiden_trace.binary.dwarf.expr import regs_to_dwarf
+from ekiden_trace.binary.files import same_file
 from ekiden_trace.binary.program import Program, SymbolTable
 from ekiden_trace.errors import TargetError
-from ekiden_trace.target.images import mapped_images
-from ekiden_trace.target.tracee import Mapping, Tracee, read_maps
+from ekiden_trace.target import procfs
+from ekiden_trace.target.images import load_bias, mapped_images
+from ekiden_trace.target.procfs import Mapping
+from ekiden_trace.target.tracee import Tracee
 from ekiden_trace.target.unwind import Frame, ModuleMap, unwind
 
 CFI_FORMAT = 1
@@ -29,13 +32,6 @@ class Module:
     end: int
     bias: int
     symbols: SymbolTable
-
-
-def _same_file(a: str, b: str | Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 _tables: dict[str, CallFrameTable] = {}
@@ -61,16 +57,16 @@ class LiveProcess:
         self.pid = pid
         self.program = program
         self.tracee: Tracee | None = None
-        exe = f"/proc/{pid}/exe"
-        if not _same_file(exe, program.path):
+        bias = load_bias(pid, program.path)
+        if bias is None:
             raise TargetError(
-                f"process {pid} runs {os.path.realpath(exe)}, not {program.path}; "
-                "give the binary the process was started from."
+                f"process {pid} runs {os.path.realpath(procfs.exe_path(pid))}, "
+                f"not {program.path}; give the binary the process was started from."
             )
-        self._set_maps(read_maps(pid))
+        self.bias = bias
+        self._set_maps(procfs.maps(pid))
         self.modules = self._modules()
-        self._main = next(m for m in self.modules if _same_file(m.path, program.path))
-        self.bias = self._main.bias
+        self._main = next(m for m in self.modules if same_file(m.path, program.path))
         self._module_map = ModuleMap(
             [(m.start, m.end, m.bias, m.path, _call_frame_table(m.path)) for m in self.modules]
         )
@@ -88,7 +84,7 @@ class LiveProcess:
         """The ELF files mapped in the process, the program's own with its full symbols."""
         modules = []
         for image in mapped_images(self.pid, self.maps):
-            if _same_file(image.path, self.program.path):
+            if same_file(image.path, self.program.path):
                 symbols = self.program.symbols
             else:
                 symbols = SymbolTable(image.image.symbols)

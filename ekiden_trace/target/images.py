@@ -1,8 +1,9 @@
 """The ELF images mapped in a live process, as injection and naming need them.
 
 Function symbols come from each file's .dynsym and .symtab and are placed at
-run time by the image's load bias, found in /proc/PID/maps; the same parse
-gives the symbol table that names addresses (live.py).
+run time by the image's load bias, found from its mappings; the same parse
+gives the symbol table that names addresses (address_space.py).  The main
+program's bias also comes from the auxiliary vector (`load_bias`).
 Parsed files are cached by file identity; `syscall` gadgets by build-id.
 Lookups return None when nothing fits: the public layer (inject.py) turns
 that into an error message.
@@ -19,10 +20,13 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from capstone.x86 import X86_INS_SYSCALL
 
 from ekiden_trace.binary.elf import STT_FUNC, STT_GNU_IFUNC, ElfBinary, Symbol
+from ekiden_trace.binary.files import StrPath, file_identity, same_file
 from ekiden_trace.errors import BinaryError
-from ekiden_trace.target.tracee import Mapping, read_maps
+from ekiden_trace.target import procfs
+from ekiden_trace.target.procfs import Mapping
 
 SYSCALL_BYTES = b"\x0f\x05"
+AT_ENTRY = 9  # the auxiliary vector's entry point of the program
 _SCAN_CHUNK = 1 << 20
 _VERSYM_HIDDEN = 0x8000
 _DECODER = Cs(CS_ARCH_X86, CS_MODE_64)
@@ -68,17 +72,15 @@ class MappedImage:
         )
 
 
-_images: dict[tuple[int, int, int, int], ElfImage | None] = {}
+_images: dict[tuple[int, ...], ElfImage | None] = {}
 _gadgets: dict[str, int] = {}
 _file_gadgets: dict[tuple[str, str], tuple[int, bytes] | None] = {}
 
 
 def load_image(path: str) -> ElfImage | None:
-    """Read `path` (cached by device, inode, size and mtime); None when it is not an x86-64
-    ELF file."""
+    """Read `path` (cached by file identity); None when it is not an x86-64 ELF file."""
     try:
-        st = os.stat(path)
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        key = file_identity(path)
         if key not in _images:
             with ElfBinary(path) as elf:
                 functions = _functions(elf)
@@ -114,24 +116,35 @@ def _functions(elf: ElfBinary) -> dict[str, FunctionSymbol]:
 
 
 def mapped_images(pid: int, maps: list[Mapping] | None = None) -> list[MappedImage]:
-    """The ELF files mapped in `pid` (whose /proc/PID/maps is `maps`, when already read):
+    """The ELF files mapped in `pid` (whose mappings are `maps`, when already read):
     the executable first, then in address order."""
     by_path: dict[str, list[Mapping]] = {}
-    for mapping in read_maps(pid) if maps is None else maps:
+    for mapping in procfs.maps(pid) if maps is None else maps:
         if mapping.path.startswith("/"):
             by_path.setdefault(mapping.path, []).append(mapping)
-    exe = os.readlink(f"/proc/{pid}/exe")
+    exe = procfs.exe_link(pid)
     images = []
     for path, mappings in sorted(by_path.items(), key=lambda item: item[0] != exe):
         first = min(mappings, key=lambda m: m.start)
         # map_files opens the very file mapped, even when deleted or outside our root.
-        image = load_image(f"/proc/{pid}/map_files/{first.start:x}-{first.end:x}")
+        image = load_image(procfs.map_file_path(pid, first.start, first.end))
         if image is None:
             image = load_image(path)
         if image is not None:
             bias = first.start - first.offset - image.load_delta
             images.append(MappedImage(path, bias, image, tuple(mappings)))
     return images
+
+
+def load_bias(pid: int, path: StrPath) -> int | None:
+    """Load bias of the program `pid` runs, when that is the file `path`: where the kernel
+    placed its entry point (AT_ENTRY) minus the entry point the file names (cheap, and
+    right after an exec too).  None when the process runs another file (or `path` is not
+    an x86-64 ELF file)."""
+    image = load_image(str(path)) if same_file(procfs.exe_path(pid), path) else None
+    if image is None:
+        return None
+    return procfs.auxv(pid)[AT_ENTRY] - image.entry
 
 
 def matches_library(path: str, library: str) -> bool:

@@ -1,8 +1,10 @@
 """Injection into a stopped tracee: system calls, function calls, exec in place.
 
 Mechanism only, like CRIU's compel: the update policy lives elsewhere.
+An `Injector` holds what injecting needs: the tracee, a `syscall` gadget of it,
+a scratch area and the function addresses it looked up.
 
-Every operation takes a `Tracee` in a ptrace-stop and returns with it in a
+Every injection takes the `Tracee` in a ptrace-stop and returns with it in a
 ptrace-stop, its general-purpose registers as they were (function calls also
 put back the whole XSAVE state, since the called code may use vector
 registers), unless the operation was a successful exec.  Failures restore
@@ -54,38 +56,22 @@ from array import array
 from collections.abc import Iterator, Sequence
 
 from ekiden_trace.errors import EkidenError, TargetExited, WaitTimeout
-from ekiden_trace.target import images
+from ekiden_trace.target import images, procfs
 from ekiden_trace.target import ptrace as pt
-from ekiden_trace.target.images import file_gadget
-from ekiden_trace.target.tracee import MemoryAccessError, Stop, Tracee, read_maps
+from ekiden_trace.target.tracee import MemoryAccessError, Stop, Tracee
 
 __all__ = [
     "InjectionError",
-    "batch_call",
-    "batch_malloc",
-    "clear_cloexec",
-    "exec_in_place",
-    "file_gadget",
+    "Injector",
     "find_function",
     "find_syscall_gadget",
     "function_range",
     "is_syscall_instruction",
-    "open_fds",
-    "read_cmdline",
-    "read_environ",
-    "remote_call",
-    "remote_fcntl",
-    "remote_mmap",
-    "remote_munmap",
-    "remote_syscall",
-    "remote_syscalls",
-    "resolve_function",
-    "restore_cloexec",
-    "syscall_gadget",
 ]
 
 TIMEOUT = 5.0
 BATCH_TIMEOUT = 60.0
+SCRATCH_SIZE = 1 << 20  # the injector's scratch area
 
 NR_MMAP = 9
 NR_MPROTECT = 10
@@ -175,7 +161,7 @@ def _round_up(size: int) -> int:
 
 
 def _where(pid: int, addr: int) -> str:
-    for mapping in read_maps(pid):
+    for mapping in procfs.maps(pid):
         if mapping.start <= addr < mapping.end:
             return f" (in {os.path.basename(mapping.path) or 'anonymous memory'})"
     return " (unmapped)"
@@ -261,16 +247,9 @@ def _stop_running(tracee: Tracee, saved: _Saved) -> None:
     # A single-stepped system call that was interrupted still queued its
     # step's SIGTRAP, behind the interrupt stop; take it now, or the next
     # resume would report it.  No instruction runs: it is already pending.
-    while _thread_pending(tracee.pid) & 1 << (signal.SIGTRAP - 1):
+    while signal.SIGTRAP in procfs.pending_unblocked(tracee.pid):
         tracee.cont(0)
         _hold(saved, _next_stop(tracee, saved, deadline), tracee.pid)
-
-
-def _thread_pending(pid: int) -> int:
-    """The mask of signals pending for the (single) thread and not blocked."""
-    with open(f"/proc/{pid}/status") as f:
-        fields = dict(line.split(":", 1) for line in f if line.startswith(("SigPnd", "SigBlk")))
-    return int(fields["SigPnd"], 16) & ~int(fields["SigBlk"], 16)
 
 
 def _rest(tracee: Tracee, saved: _Saved) -> None:
@@ -331,151 +310,7 @@ def _injecting(tracee: Tracee, saved: _Saved, timeout: float) -> Iterator[None]:
     _finish(tracee, saved)
 
 
-# -- system calls ----------------------------------------------------------------
-
-
-def _step_syscall(
-    tracee: Tracee, saved: _Saved, gadget: int, nr: int, args: Sequence[int], timeout: float
-) -> tuple[Stop, pt.user_regs_struct | None]:
-    """Run one system call at `gadget`.
-
-    Returns the stop after it (SIGTRAP, or 'exec') and, unless it was an exec,
-    the registers there.
-    """
-    if len(args) > 6:
-        raise ValueError("a system call takes at most 6 arguments")
-    regs = saved.working_regs()
-    regs.rip = gadget
-    regs.rax = nr
-    for name, value in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args, strict=False):
-        setattr(regs, name, value & _WORD)
-    tracee.set_regs(regs)
-    deadline = time.monotonic() + timeout
-    while True:
-        pt.singlestep(tracee.pid)
-        tracee.stopped = False
-        tracee.pending_signal = 0
-        stop = _next_stop(tracee, saved, deadline)
-        if stop.kind == "exec":
-            return stop, None
-        after = tracee.regs()
-        rip = after.rip
-        if stop.kind == "signal" and stop.signo == signal.SIGTRAP and rip == gadget + 2:
-            return stop, after
-        if rip != gadget:
-            raise InjectionError(
-                f"{saved.what} in process {tracee.pid} stopped at {rip:#x} "
-                f"({stop.kind} stop, {_signal_name(stop.signo)}) instead of after the "
-                f"syscall instruction at {gadget:#x}."
-            )
-        if stop.kind == "signal" and _is_fault(stop, tracee.pid):
-            raise InjectionError(
-                f"the syscall instruction at {gadget:#x} in process {tracee.pid} cannot run "
-                f"({_signal_name(stop.signo)}); it is not a usable gadget."
-            )
-        # Stopped before the instruction ran: a signal that was pending, or an interrupt.
-        _hold(saved, stop, tracee.pid)
-
-
-def _run_syscall(
-    tracee: Tracee,
-    saved: _Saved,
-    gadget: int,
-    nr: int,
-    args: Sequence[int],
-    timeout: float = TIMEOUT,
-) -> int:
-    """One system call (not execve) inside an injection; its raw result."""
-    _, after = _step_syscall(tracee, saved, gadget, nr, args, timeout)
-    assert after is not None  # only a successful execve leaves no registers to read
-    return _signed(after.rax)
-
-
-def remote_syscall(
-    tracee: Tracee, gadget: int, nr: int, *args: int, timeout: float = TIMEOUT
-) -> int:
-    """Run system call `nr` in the stopped tracee through the `syscall` at `gadget`.
-
-    Returns the raw result, a negative errno on failure.  Meant for calls that
-    do not block; one that blocks longer than `timeout` is interrupted.  A
-    successful execve returns 0 with the tracee resting at the new entry point.
-    """
-    saved = _Saved(tracee, f"system call {nr}", vector_state=False)
-    with _injecting(tracee, saved, timeout):
-        _, after = _step_syscall(tracee, saved, gadget, nr, args, timeout)
-        saved.replaced = after is None  # a successful execve, which returns no value
-        result = 0 if after is None else _signed(after.rax)
-    return result
-
-
-def remote_syscalls(
-    tracee: Tracee,
-    gadget: int,
-    calls: Sequence[tuple[int, Sequence[int]]],
-    *,
-    timeout: float = TIMEOUT,
-) -> list[int]:
-    """Run several system calls, (nr, args) each, one after the other in one injection:
-    the registers are saved once and the tracee comes to rest once.  Returns the raw
-    results in order.  execve is refused: use remote_syscall or exec_in_place."""
-    if not calls:
-        return []
-    if any(nr == NR_EXECVE for nr, _ in calls):
-        raise ValueError("execve cannot run in a batch of system calls")
-    numbers = ", ".join(str(nr) for nr, _ in calls)
-    saved = _Saved(tracee, f"system calls {numbers}", vector_state=False)
-    with _injecting(tracee, saved, timeout):
-        results = [_run_syscall(tracee, saved, gadget, nr, args, timeout) for nr, args in calls]
-    return results
-
-
-def remote_mmap(
-    tracee: Tracee,
-    gadget: int,
-    size: int,
-    prot: int,
-    flags: int = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
-) -> int:
-    """Map `size` bytes of anonymous memory in the tracee; return the address."""
-    result = remote_syscall(tracee, gadget, NR_MMAP, 0, size, prot, flags, -1, 0)
-    return _check(tracee, result, f"mmap of {size} bytes")
-
-
-def remote_munmap(tracee: Tracee, gadget: int, addr: int, size: int) -> None:
-    """Unmap [addr, addr+size) in the tracee."""
-    result = remote_syscall(tracee, gadget, NR_MUNMAP, addr, size)
-    _check(tracee, result, f"munmap of {size} bytes at {addr:#x}")
-
-
-def remote_fcntl(tracee: Tracee, gadget: int, fd: int, cmd: int, arg: int = 0) -> int:
-    """fcntl(fd, cmd, arg) in the tracee; raises InjectionError on failure."""
-    result = remote_syscall(tracee, gadget, NR_FCNTL, fd, cmd, arg)
-    return _check(tracee, result, f"fcntl({fd}, {cmd}, {arg})")
-
-
 # -- function calls ------------------------------------------------------------------
-
-
-def remote_call(
-    tracee: Tracee,
-    function: int,
-    *args: int,
-    scratch: int | None = None,
-    timeout: float = TIMEOUT,
-) -> int:
-    """Call `function(*args)` (System V ABI, at most 6 integer arguments) in the tracee.
-
-    Runs on the thread's stack below its red zone, or on a stack whose top is
-    `scratch`.  Returns rax as an unsigned 64-bit number (sign-extend it for
-    signed results).  A crash of the function or a timeout raises
-    InjectionError after the registers are restored.
-    """
-    if len(args) > 6:
-        raise ValueError("remote_call passes at most 6 arguments (in registers)")
-    saved = _Saved(tracee, f"the call of the function at {function:#x}", vector_state=True)
-    with _injecting(tracee, saved, timeout):
-        result = _call(tracee, saved, function, args, scratch, timeout)
-    return result
 
 
 def _call(
@@ -486,7 +321,7 @@ def _call(
     scratch: int | None,
     timeout: float,
 ) -> int:
-    """One function call inside an injection (see remote_call)."""
+    """One function call inside an injection (see Injector.call)."""
     top = saved.regs.rsp - _RED_ZONE if scratch is None else scratch
     frame = (top & ~15) - 8  # as just after a call: rsp + 8 is 16-byte aligned
     try:
@@ -527,99 +362,6 @@ def _run_call(tracee: Tracee, saved: _Saved, frame: int, timeout: float) -> int:
                 f"at {regs.rip:#x}{_where(tracee.pid, regs.rip)}; the registers were restored."
             )
         _hold(saved, stop, tracee.pid)
-
-
-def batch_call(
-    tracee: Tracee,
-    gadget: int,
-    function: int,
-    values: Sequence[int],
-    *,
-    timeout: float = BATCH_TIMEOUT,
-) -> list[int]:
-    """Call `function(v)` for every value in one round trip; return the results in order.
-
-    A tiny loop (MAP_STUB) is written into a fresh mapping of the target and
-    run there; the mapping is removed afterwards.  Mapping, call and unmapping
-    are one injection, so the tracee comes to rest once.
-    """
-    if not values:
-        return []
-    size = _PAGE + _round_up(8 * len(values))
-    saved = _Saved(tracee, f"the batch call of the function at {function:#x}", vector_state=True)
-    with _injecting(tracee, saved, timeout):
-        prot, flags = mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-        mapped = _run_syscall(tracee, saved, gadget, NR_MMAP, (0, size, prot, flags, -1, 0))
-        area = _check(tracee, mapped, f"mmap of {size} bytes")
-        try:
-            results = _call_each(tracee, saved, gadget, area, function, values, timeout)
-        except BaseException:
-            _unmap_after_failure(tracee, saved, gadget, area, size)
-            raise
-        unmapped = _run_syscall(tracee, saved, gadget, NR_MUNMAP, (area, size))
-        _check(tracee, unmapped, f"munmap of {size} bytes at {area:#x}")
-    return results
-
-
-def _call_each(
-    tracee: Tracee,
-    saved: _Saved,
-    gadget: int,
-    area: int,
-    function: int,
-    values: Sequence[int],
-    timeout: float,
-) -> list[int]:
-    """Inside an injection: run MAP_STUB from `area`, a fresh read-write mapping large
-    enough for the stub's page and the values after it."""
-    data = area + _PAGE
-    tracee.write(area, MAP_STUB)
-    code = mmap.PROT_READ | mmap.PROT_EXEC
-    protected = _run_syscall(tracee, saved, gadget, NR_MPROTECT, (area, _PAGE, code))
-    _check(tracee, protected, "mprotect of the call loop")
-    tracee.write(data, array("Q", [v & _WORD for v in values]).tobytes())
-    _call(tracee, saved, area, (data, len(values), function), None, timeout)
-    results = array("Q")
-    results.frombytes(tracee.read(data, 8 * len(values)))
-    return results.tolist()
-
-
-def _unmap_after_failure(tracee: Tracee, saved: _Saved, gadget: int, area: int, size: int) -> None:
-    """Inside a failed injection: remove its mapping if the tracee can still be stopped."""
-    if not tracee.alive:
-        return
-    with contextlib.suppress(EkidenError, OSError):
-        if not tracee.stopped:
-            _stop_running(tracee, saved)
-        _run_syscall(tracee, saved, gadget, NR_MUNMAP, (area, size))
-
-
-def batch_malloc(
-    tracee: Tracee,
-    gadget: int,
-    malloc_addr: int,
-    sizes: Sequence[int],
-    *,
-    timeout: float = BATCH_TIMEOUT,
-) -> list[int]:
-    """Allocate one object per size with the target's own malloc, in one round trip.
-
-    A NULL result raises InjectionError after freeing the objects that were
-    allocated (with the `free` of the library that provides `malloc_addr`).
-    """
-    pointers = batch_call(tracee, gadget, malloc_addr, sizes, timeout=timeout)
-    failed = pointers.count(0)
-    if failed:
-        allocated = [p for p in pointers if p]
-        free_addr = _sibling_function(tracee.pid, malloc_addr, "free")
-        if allocated and free_addr is not None:
-            batch_call(tracee, gadget, free_addr, allocated, timeout=timeout)
-        first = sizes[pointers.index(0)]
-        raise InjectionError(
-            f"the target is out of memory: malloc returned NULL for {failed} of {len(sizes)} "
-            f"objects (the first of {first} bytes)."
-        )
-    return pointers
 
 
 # -- symbols and gadgets -----------------------------------------------------------------
@@ -665,15 +407,6 @@ def function_range(pid: int, name: str, library: str | None = None) -> tuple[int
     mapped, function = _lookup(pid, name, library)
     start = mapped.bias + function.addr
     return start, start + function.size
-
-
-def resolve_function(
-    tracee: Tracee, name: str, library: str | None = None, *, timeout: float = TIMEOUT
-) -> int:
-    """Like find_function, but a GNU indirect function is resolved by calling its resolver."""
-    mapped, function = _lookup(tracee.pid, name, library)
-    addr = mapped.bias + function.addr
-    return remote_call(tracee, addr, timeout=timeout) if function.ifunc else addr
 
 
 def _sibling_function(pid: int, addr: int, name: str) -> int | None:
@@ -749,91 +482,18 @@ def find_syscall_gadget(tracee: Tracee, ranges: Sequence[tuple[int, int]] = ()) 
     )
 
 
-def syscall_gadget(tracee: Tracee, path: str, function: str, bias: int) -> int:
-    """The first `syscall` of `function` in the program `path`, loaded at `bias`.
-
-    The instruction is found in the file beforehand (file_gadget, cached), so here
-    one read confirms that the process has the same code there; when it has not, or
-    the function has no `syscall`, any other gadget is searched (find_syscall_gadget).
-    """
-    found = file_gadget(path, function)
-    if found is not None:
-        start, code = found
-        if images.read_or_empty(tracee.read, start + bias, len(code)) == code:
-            return start + bias + len(code) - len(images.SYSCALL_BYTES)
-    return find_syscall_gadget(tracee)
-
-
-# -- file descriptors --------------------------------------------------------------------
-
-
-def open_fds(pid: int) -> list[int]:
-    """The open file descriptors of `pid`, in increasing order."""
-    return sorted(int(name) for name in os.listdir(f"/proc/{pid}/fd"))
+# -- file descriptors and exec -----------------------------------------------------------
 
 
 def _has_cloexec(pid: int, fd: int) -> bool:
-    """FD_CLOEXEC of `fd`, which /proc shows as O_CLOEXEC in the fdinfo flags."""
+    """FD_CLOEXEC of `fd`, which procfs shows as O_CLOEXEC in the fdinfo flags."""
     try:
-        with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-            for line in f:
-                if line.startswith("flags:"):
-                    return bool(int(line.split()[1], 8) & os.O_CLOEXEC)
+        flags = procfs.fd_flags(pid, fd)
     except FileNotFoundError:
         raise InjectionError(f"file descriptor {fd} is not open in process {pid}.") from None
-    raise InjectionError(f"/proc/{pid}/fdinfo/{fd} shows no flags line.")
-
-
-def clear_cloexec(tracee: Tracee, gadget: int, fds: Sequence[int]) -> list[int]:
-    """Clear FD_CLOEXEC on those of `fds` that have it, so they survive an exec.
-
-    Returns the fds it cleared, for restore_cloexec after the exec.  On
-    failure the flag is set again on all of them.
-    """
-    flagged = [fd for fd in fds if _has_cloexec(tracee.pid, fd)]
-    try:
-        # FD_CLOEXEC is the only descriptor flag, so 0 clears just it.
-        _set_fd_flags(tracee, gadget, flagged, 0)
-    except BaseException:
-        if tracee.alive and tracee.stopped:
-            with contextlib.suppress(EkidenError, OSError):
-                restore_cloexec(tracee, gadget, flagged)
-        raise
-    return flagged
-
-
-def restore_cloexec(tracee: Tracee, gadget: int, fds: Sequence[int]) -> None:
-    """Set FD_CLOEXEC again on `fds` (the list clear_cloexec returned)."""
-    _set_fd_flags(tracee, gadget, fds, fcntl.FD_CLOEXEC)
-
-
-def _set_fd_flags(tracee: Tracee, gadget: int, fds: Sequence[int], flags: int) -> None:
-    """fcntl(fd, F_SETFD, flags) for every fd, in one injection."""
-    calls = [(NR_FCNTL, (fd, fcntl.F_SETFD, flags)) for fd in fds]
-    for fd, result in zip(fds, remote_syscalls(tracee, gadget, calls), strict=True):
-        _check(tracee, result, f"fcntl({fd}, {fcntl.F_SETFD}, {flags})")
-
-
-# -- exec in place -------------------------------------------------------------------------
-
-
-def _nul_separated(data: bytes) -> list[bytes]:
-    if not data:
-        return []
-    parts = data.split(b"\0")
-    return parts[:-1] if data.endswith(b"\0") else parts
-
-
-def read_cmdline(pid: int) -> list[bytes]:
-    """The arguments of `pid` (argv[0] included) as exact bytes, empty ones kept."""
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return _nul_separated(f.read())
-
-
-def read_environ(pid: int) -> list[bytes]:
-    """The environment `pid` was started with, as NAME=value byte strings."""
-    with open(f"/proc/{pid}/environ", "rb") as f:
-        return _nul_separated(f.read())
+    if flags is None:
+        raise InjectionError(f"{procfs.fdinfo_path(pid, fd)} shows no flags line.")
+    return bool(flags & os.O_CLOEXEC)
 
 
 def _exec_block(
@@ -867,54 +527,343 @@ def _stack_room(tracee: Tracee, size: int) -> int | None:
     return base
 
 
-def exec_in_place(
-    tracee: Tracee,
-    gadget: int,
-    path: str | bytes,
-    argv: Sequence[bytes],
-    envp: Sequence[bytes],
-    *,
-    timeout: float = TIMEOUT,
-) -> None:
-    """Make the tracee execve(path, argv, envp): same PID, same fds without FD_CLOEXEC.
+# -- the injector ------------------------------------------------------------------------
 
-    On success the tracee rests in an interrupt stop at the new program's
-    entry point, before its first instruction; the signal of the stop it was
-    in, if any, belonged to the old program and is dropped.  On failure
-    (ENOENT, EACCES, ENOEXEC...) the old program is left exactly as it was
-    and InjectionError names the errno: the execve is single-stepped, so a
-    failed one stops right after the `syscall` instead of running on into the
-    old program's code with our registers.  execve's strings and arrays go below
-    the stack pointer (memory the program does not use) or, when large, into a
-    mapping that a failure removes again.
+
+class Injector:
+    """Injection into one stopped tracee through a `syscall` instruction it has (the gadget).
+
+    Make one with `for_tracee`, or from a known gadget.  Each method that runs code in the
+    tracee is one injection (see the module doc).  An injector also keeps the addresses of
+    the functions it looked up and, once asked for one, a scratch area of SCRATCH_SIZE
+    bytes that `close` removes.
+    All of these belong to the image the tracee runs: after a successful exec_in_place,
+    make a new injector.
     """
-    raw_path = os.fsencode(path)
-    if any(b"\0" in item for item in (raw_path, *argv, *envp)):
-        raise InjectionError(
-            "a path, argument or environment string for execve contains a NUL byte."
+
+    def __init__(self, tracee: Tracee, gadget: int) -> None:
+        self.tracee = tracee
+        self.gadget = gadget
+        self._functions: dict[tuple[str, str | None], int] = {}
+        self._scratch: int | None = None
+
+    @classmethod
+    def for_tracee(
+        cls, tracee: Tracee, program: str | None = None, function: str = "", bias: int = 0
+    ) -> Injector:
+        """An injector whose gadget is the first `syscall` of `function` in the program file
+        `program`, loaded at `bias`, when the process has that code there.  The instruction
+        is found in the file beforehand (file_gadget, cached), so here one read confirms it:
+        fast enough for a pause.  Otherwise, or without a program, any other gadget is
+        searched (find_syscall_gadget: slow the first time, it parses the mapped files)."""
+        if program is not None:
+            found = images.file_gadget(program, function)
+            if found is not None:
+                start, code = found
+                if images.read_or_empty(tracee.read, start + bias, len(code)) == code:
+                    return cls(tracee, start + bias + len(code) - len(images.SYSCALL_BYTES))
+        return cls(tracee, find_syscall_gadget(tracee))
+
+    # -- system calls ------------------------------------------------------------
+
+    def syscall(self, nr: int, *args: int, timeout: float = TIMEOUT) -> int:
+        """Run system call `nr` in the stopped tracee.
+
+        Returns the raw result, a negative errno on failure.  Meant for calls that
+        do not block; one that blocks longer than `timeout` is interrupted.  A
+        successful execve returns 0 with the tracee resting at the new entry point.
+        """
+        saved = _Saved(self.tracee, f"system call {nr}", vector_state=False)
+        with _injecting(self.tracee, saved, timeout):
+            _, after = self._step_syscall(saved, nr, args, timeout)
+            saved.replaced = after is None  # a successful execve, which returns no value
+            result = 0 if after is None else _signed(after.rax)
+        return result
+
+    def syscalls(
+        self, calls: Sequence[tuple[int, Sequence[int]]], *, timeout: float = TIMEOUT
+    ) -> list[int]:
+        """Run several system calls, (nr, args) each, one after the other in one injection:
+        the registers are saved once and the tracee comes to rest once.  Returns the raw
+        results in order.  execve is refused: use syscall or exec_in_place."""
+        if not calls:
+            return []
+        if any(nr == NR_EXECVE for nr, _ in calls):
+            raise ValueError("execve cannot run in a batch of system calls")
+        numbers = ", ".join(str(nr) for nr, _ in calls)
+        saved = _Saved(self.tracee, f"system calls {numbers}", vector_state=False)
+        with _injecting(self.tracee, saved, timeout):
+            results = [self._run_syscall(saved, nr, args, timeout) for nr, args in calls]
+        return results
+
+    def mmap(self, size: int, prot: int, flags: int = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) -> int:
+        """Map `size` bytes of anonymous memory in the tracee; return the address."""
+        result = self.syscall(NR_MMAP, 0, size, prot, flags, -1, 0)
+        return _check(self.tracee, result, f"mmap of {size} bytes")
+
+    def munmap(self, addr: int, size: int) -> None:
+        """Unmap [addr, addr+size) in the tracee."""
+        result = self.syscall(NR_MUNMAP, addr, size)
+        _check(self.tracee, result, f"munmap of {size} bytes at {addr:#x}")
+
+    def fcntl(self, fd: int, cmd: int, arg: int = 0) -> int:
+        """fcntl(fd, cmd, arg) in the tracee; raises InjectionError on failure."""
+        result = self.syscall(NR_FCNTL, fd, cmd, arg)
+        return _check(self.tracee, result, f"fcntl({fd}, {cmd}, {arg})")
+
+    def _step_syscall(
+        self, saved: _Saved, nr: int, args: Sequence[int], timeout: float
+    ) -> tuple[Stop, pt.user_regs_struct | None]:
+        """Run one system call at the gadget.
+
+        Returns the stop after it (SIGTRAP, or 'exec') and, unless it was an exec,
+        the registers there.
+        """
+        if len(args) > 6:
+            raise ValueError("a system call takes at most 6 arguments")
+        tracee, gadget = self.tracee, self.gadget
+        regs = saved.working_regs()
+        regs.rip = gadget
+        regs.rax = nr
+        for name, value in zip(("rdi", "rsi", "rdx", "r10", "r8", "r9"), args, strict=False):
+            setattr(regs, name, value & _WORD)
+        tracee.set_regs(regs)
+        deadline = time.monotonic() + timeout
+        while True:
+            pt.singlestep(tracee.pid)
+            tracee.stopped = False
+            tracee.pending_signal = 0
+            stop = _next_stop(tracee, saved, deadline)
+            if stop.kind == "exec":
+                return stop, None
+            after = tracee.regs()
+            rip = after.rip
+            if stop.kind == "signal" and stop.signo == signal.SIGTRAP and rip == gadget + 2:
+                return stop, after
+            if rip != gadget:
+                raise InjectionError(
+                    f"{saved.what} in process {tracee.pid} stopped at {rip:#x} "
+                    f"({stop.kind} stop, {_signal_name(stop.signo)}) instead of after the "
+                    f"syscall instruction at {gadget:#x}."
+                )
+            if stop.kind == "signal" and _is_fault(stop, tracee.pid):
+                raise InjectionError(
+                    f"the syscall instruction at {gadget:#x} in process {tracee.pid} cannot "
+                    f"run ({_signal_name(stop.signo)}); it is not a usable gadget."
+                )
+            # Stopped before the instruction ran: a signal that was pending, or an interrupt.
+            _hold(saved, stop, tracee.pid)
+
+    def _run_syscall(
+        self, saved: _Saved, nr: int, args: Sequence[int], timeout: float = TIMEOUT
+    ) -> int:
+        """One system call (not execve) inside an injection; its raw result."""
+        _, after = self._step_syscall(saved, nr, args, timeout)
+        assert after is not None  # only a successful execve leaves no registers to read
+        return _signed(after.rax)
+
+    # -- function calls ----------------------------------------------------------
+
+    def call(
+        self, function: int, *args: int, scratch: int | None = None, timeout: float = TIMEOUT
+    ) -> int:
+        """Call `function(*args)` (System V ABI, at most 6 integer arguments) in the tracee.
+
+        Runs on the thread's stack below its red zone, or on a stack whose top is
+        `scratch`.  Returns rax as an unsigned 64-bit number (sign-extend it for
+        signed results).  A crash of the function or a timeout raises
+        InjectionError after the registers are restored.
+        """
+        if len(args) > 6:
+            raise ValueError("remote_call passes at most 6 arguments (in registers)")
+        saved = _Saved(self.tracee, f"the call of the function at {function:#x}", vector_state=True)
+        with _injecting(self.tracee, saved, timeout):
+            result = _call(self.tracee, saved, function, args, scratch, timeout)
+        return result
+
+    def batch_call(
+        self, function: int, values: Sequence[int], *, timeout: float = BATCH_TIMEOUT
+    ) -> list[int]:
+        """Call `function(v)` for every value in one round trip; return the results in order.
+
+        A tiny loop (MAP_STUB) is written into a fresh mapping of the target and
+        run there; the mapping is removed afterwards.  Mapping, call and unmapping
+        are one injection, so the tracee comes to rest once.
+        """
+        if not values:
+            return []
+        tracee = self.tracee
+        size = _PAGE + _round_up(8 * len(values))
+        saved = _Saved(
+            tracee, f"the batch call of the function at {function:#x}", vector_state=True
         )
-    size = len(_exec_block(0, raw_path, argv, envp)[0])
-    base = _stack_room(tracee, size)
-    scratch = None
-    if base is None:
-        base = scratch = remote_mmap(
-            tracee, gadget, _round_up(size), mmap.PROT_READ | mmap.PROT_WRITE
-        )
-    try:
-        block, path_addr, argv_addr, envp_addr = _exec_block(base, raw_path, argv, envp)
-        tracee.write(base, block)
-        result = remote_syscall(
-            tracee, gadget, NR_EXECVE, path_addr, argv_addr, envp_addr, timeout=timeout
-        )
-    except BaseException:
-        if scratch is not None and tracee.alive and tracee.stopped:
-            with contextlib.suppress(EkidenError, OSError):
-                remote_munmap(tracee, gadget, scratch, _round_up(size))
-        raise
-    if result:
-        if scratch is not None:
-            remote_munmap(tracee, gadget, scratch, _round_up(size))
-        raise InjectionError(
-            f"execve of {os.fsdecode(raw_path)} in process {tracee.pid} failed with "
-            f"{_errno_text(-result)}; the old program runs on unchanged."
-        )
+        with _injecting(tracee, saved, timeout):
+            prot, flags = mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+            mapped = self._run_syscall(saved, NR_MMAP, (0, size, prot, flags, -1, 0))
+            area = _check(tracee, mapped, f"mmap of {size} bytes")
+            try:
+                results = self._call_each(saved, area, function, values, timeout)
+            except BaseException:
+                self._unmap_after_failure(saved, area, size)
+                raise
+            unmapped = self._run_syscall(saved, NR_MUNMAP, (area, size))
+            _check(tracee, unmapped, f"munmap of {size} bytes at {area:#x}")
+        return results
+
+    def _call_each(
+        self, saved: _Saved, area: int, function: int, values: Sequence[int], timeout: float
+    ) -> list[int]:
+        """Inside an injection: run MAP_STUB from `area`, a fresh read-write mapping large
+        enough for the stub's page and the values after it."""
+        tracee = self.tracee
+        data = area + _PAGE
+        tracee.write(area, MAP_STUB)
+        code = mmap.PROT_READ | mmap.PROT_EXEC
+        protected = self._run_syscall(saved, NR_MPROTECT, (area, _PAGE, code))
+        _check(tracee, protected, "mprotect of the call loop")
+        tracee.write(data, array("Q", [v & _WORD for v in values]).tobytes())
+        _call(tracee, saved, area, (data, len(values), function), None, timeout)
+        results = array("Q")
+        results.frombytes(tracee.read(data, 8 * len(values)))
+        return results.tolist()
+
+    def _unmap_after_failure(self, saved: _Saved, area: int, size: int) -> None:
+        """Inside a failed injection: remove its mapping if the tracee can still be stopped."""
+        if not self.tracee.alive:
+            return
+        with contextlib.suppress(EkidenError, OSError):
+            if not self.tracee.stopped:
+                _stop_running(self.tracee, saved)
+            self._run_syscall(saved, NR_MUNMAP, (area, size))
+
+    def batch_malloc(
+        self, malloc_addr: int, sizes: Sequence[int], *, timeout: float = BATCH_TIMEOUT
+    ) -> list[int]:
+        """Allocate one object per size with the target's own malloc, in one round trip.
+
+        A NULL result raises InjectionError after freeing the objects that were
+        allocated (with the `free` of the library that provides `malloc_addr`).
+        """
+        pointers = self.batch_call(malloc_addr, sizes, timeout=timeout)
+        failed = pointers.count(0)
+        if failed:
+            allocated = [p for p in pointers if p]
+            free_addr = _sibling_function(self.tracee.pid, malloc_addr, "free")
+            if allocated and free_addr is not None:
+                self.batch_call(free_addr, allocated, timeout=timeout)
+            first = sizes[pointers.index(0)]
+            raise InjectionError(
+                f"the target is out of memory: malloc returned NULL for {failed} of "
+                f"{len(sizes)} objects (the first of {first} bytes)."
+            )
+        return pointers
+
+    def function(self, name: str, library: str | None = None) -> int:
+        """find_function, remembered: the runtime address of function `name`."""
+        key = (name, library)
+        if key not in self._functions:
+            self._functions[key] = find_function(self.tracee.pid, name, library)
+        return self._functions[key]
+
+    def resolve_function(
+        self, name: str, library: str | None = None, *, timeout: float = TIMEOUT
+    ) -> int:
+        """Like find_function, but a GNU indirect function is resolved by calling its
+        resolver."""
+        mapped, function = _lookup(self.tracee.pid, name, library)
+        addr = mapped.bias + function.addr
+        return self.call(addr, timeout=timeout) if function.ifunc else addr
+
+    # -- the scratch area ----------------------------------------------------------
+
+    def scratch_area(self) -> int:
+        """The address of a read-write area of SCRATCH_SIZE bytes in the tracee, mapped on
+        first use."""
+        if self._scratch is None:
+            self._scratch = self.mmap(SCRATCH_SIZE, mmap.PROT_READ | mmap.PROT_WRITE)
+        return self._scratch
+
+    def close(self) -> None:
+        """Give the scratch area back to the tracee, if one was mapped."""
+        if self._scratch is not None:
+            self.munmap(self._scratch, SCRATCH_SIZE)
+            self._scratch = None
+
+    # -- file descriptors ----------------------------------------------------------
+
+    def clear_cloexec(self, fds: Sequence[int]) -> list[int]:
+        """Clear FD_CLOEXEC on those of `fds` that have it, so they survive an exec.
+
+        Returns the fds it cleared, for restore_cloexec after the exec.  On
+        failure the flag is set again on all of them.
+        """
+        flagged = [fd for fd in fds if _has_cloexec(self.tracee.pid, fd)]
+        try:
+            # FD_CLOEXEC is the only descriptor flag, so 0 clears just it.
+            self._set_fd_flags(flagged, 0)
+        except BaseException:
+            if self.tracee.alive and self.tracee.stopped:
+                with contextlib.suppress(EkidenError, OSError):
+                    self.restore_cloexec(flagged)
+            raise
+        return flagged
+
+    def restore_cloexec(self, fds: Sequence[int]) -> None:
+        """Set FD_CLOEXEC again on `fds` (the list clear_cloexec returned)."""
+        self._set_fd_flags(fds, fcntl.FD_CLOEXEC)
+
+    def _set_fd_flags(self, fds: Sequence[int], flags: int) -> None:
+        """fcntl(fd, F_SETFD, flags) for every fd, in one injection."""
+        calls = [(NR_FCNTL, (fd, fcntl.F_SETFD, flags)) for fd in fds]
+        for fd, result in zip(fds, self.syscalls(calls), strict=True):
+            _check(self.tracee, result, f"fcntl({fd}, {fcntl.F_SETFD}, {flags})")
+
+    # -- exec in place -------------------------------------------------------------
+
+    def exec_in_place(
+        self,
+        path: str | bytes,
+        argv: Sequence[bytes],
+        envp: Sequence[bytes],
+        *,
+        timeout: float = TIMEOUT,
+    ) -> None:
+        """Make the tracee execve(path, argv, envp): same PID, same fds without FD_CLOEXEC.
+
+        On success the tracee rests in an interrupt stop at the new program's
+        entry point, before its first instruction; the signal of the stop it was
+        in, if any, belonged to the old program and is dropped.  On failure
+        (ENOENT, EACCES, ENOEXEC...) the old program is left exactly as it was
+        and InjectionError names the errno: the execve is single-stepped, so a
+        failed one stops right after the `syscall` instead of running on into the
+        old program's code with our registers.  execve's strings and arrays go below
+        the stack pointer (memory the program does not use) or, when large, into a
+        mapping that a failure removes again.
+        """
+        raw_path = os.fsencode(path)
+        if any(b"\0" in item for item in (raw_path, *argv, *envp)):
+            raise InjectionError(
+                "a path, argument or environment string for execve contains a NUL byte."
+            )
+        tracee = self.tracee
+        size = len(_exec_block(0, raw_path, argv, envp)[0])
+        base = _stack_room(tracee, size)
+        scratch = None
+        if base is None:
+            base = scratch = self.mmap(_round_up(size), mmap.PROT_READ | mmap.PROT_WRITE)
+        try:
+            block, path_addr, argv_addr, envp_addr = _exec_block(base, raw_path, argv, envp)
+            tracee.write(base, block)
+            result = self.syscall(NR_EXECVE, path_addr, argv_addr, envp_addr, timeout=timeout)
+        except BaseException:
+            if scratch is not None and tracee.alive and tracee.stopped:
+                with contextlib.suppress(EkidenError, OSError):
+                    self.munmap(scratch, _round_up(size))
+            raise
+        if result:
+            if scratch is not None:
+                self.munmap(scratch, _round_up(size))
+            raise InjectionError(
+                f"execve of {os.fsdecode(raw_path)} in process {tracee.pid} failed with "
+                f"{_errno_text(-result)}; the old program runs on unchanged."
+            )

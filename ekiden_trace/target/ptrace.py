@@ -17,14 +17,12 @@ from ptrace.error import PtraceError
 __all__ = ["siginfo", "user_regs_struct"]
 
 PTRACE_PEEKUSER = 3
-PTRACE_POKEUSER = 6
 PTRACE_CONT = 7
 PTRACE_SINGLESTEP = 9
 PTRACE_GETREGS = 12
 PTRACE_SETREGS = 13
 PTRACE_DETACH = 17
 PTRACE_SYSCALL = 24
-PTRACE_GETEVENTMSG = 0x4201
 PTRACE_GETSIGINFO = 0x4202
 PTRACE_SETSIGINFO = 0x4203
 PTRACE_GETREGSET = 0x4204
@@ -118,18 +116,6 @@ def setregs(pid: int, regs: user_regs_struct) -> None:
 def peekuser(pid: int, offset: int) -> int:
     """Read one word at `offset` in the tracee's `struct user`."""
     return _request(PTRACE_PEEKUSER, pid, offset, peek=True)
-
-
-def pokeuser(pid: int, offset: int, word: int) -> None:
-    """Write one word at `offset` in the tracee's `struct user`."""
-    _request(PTRACE_POKEUSER, pid, offset, word & 0xFFFF_FFFF_FFFF_FFFF)
-
-
-def geteventmsg(pid: int) -> int:
-    """The message of the last PTRACE_EVENT stop (e.g. the former tid after an exec)."""
-    msg = ctypes.c_ulong()
-    _request(PTRACE_GETEVENTMSG, pid, 0, ctypes.addressof(msg))
-    return msg.value
 
 
 def getsiginfo(pid: int) -> siginfo:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import itertools
 import mmap
 import os
 import signal
@@ -20,7 +19,9 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 
 from ekiden_trace.errors import TargetError, TargetExited, WaitTimeout
+from ekiden_trace.target import procfs
 from ekiden_trace.target import ptrace as pt
+from ekiden_trace.target.procfs import Mapping
 
 _PAGE = mmap.PAGESIZE
 _IOV_MAX = 1024
@@ -39,7 +40,6 @@ _SYSCALL_STOP_STATUS = (signal.SIGTRAP | 0x80) << 8 | 0x7F
 _USER_RAX = 8 * 10
 _USER_ORIG_RAX = 8 * 15
 _ENOSYS_RAX = -errno.ENOSYS & _WORD_MASK  # rax at a system-call entry stop
-_AT_NULL = 0
 _STOP_TIMEOUT = 5.0
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -91,17 +91,6 @@ class Stop:
         return os.WEXITSTATUS(self.status) if self.kind == "exited" else None
 
 
-@dataclass(frozen=True)
-class Mapping:
-    """One line of /proc/PID/maps."""
-
-    start: int
-    end: int
-    perms: str
-    offset: int
-    path: str
-
-
 def decode_status(status: int) -> Stop:
     """Turn a raw wait status of a seized tracee into a Stop (without siginfo)."""
     if os.WIFEXITED(status):
@@ -123,19 +112,6 @@ def decode_status(status: int) -> Stop:
     return Stop(kind, signo, event, status)
 
 
-def read_maps(pid: int) -> list[Mapping]:
-    """The memory mappings of any process (traced or not) from /proc/PID/maps."""
-    result = []
-    with open(f"/proc/{pid}/maps") as f:
-        for line in f:
-            fields = line.split(maxsplit=5)
-            start, _, end = fields[0].partition("-")
-            path = fields[5].rstrip("\n") if len(fields) > 5 else ""
-            offset = int(fields[2], 16)
-            result.append(Mapping(int(start, 16), int(end, 16), fields[1], offset, path))
-    return result
-
-
 def _iovecs(spans: Sequence[tuple[int, int]]) -> array:
     """(addr, size) spans as an array of struct iovec."""
     flat = array("Q")
@@ -143,14 +119,6 @@ def _iovecs(spans: Sequence[tuple[int, int]]) -> array:
         flat.append(addr)
         flat.append(size)
     return flat
-
-
-def read_auxv(pid: int) -> dict[int, int]:
-    """The auxiliary vector the kernel gave `pid` at its last exec (AT_* type -> value)."""
-    with open(f"/proc/{pid}/auxv", "rb") as f:
-        words = array("Q", f.read())
-    pairs = zip(words[::2], words[1::2], strict=False)
-    return dict(itertools.takewhile(lambda pair: pair[0] != _AT_NULL, pairs))
 
 
 @contextlib.contextmanager
@@ -209,31 +177,14 @@ def _unpin(pid: int, ours: set[int], theirs: set[int]) -> None:
 def give_cpus(pid: int, cpus: set[int]) -> None:
     """Set the CPU set of every thread process `pid` has (skipping any that end meanwhile)."""
     with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
+        for task in procfs.tasks(pid):
             with contextlib.suppress(OSError):
-                os.sched_setaffinity(int(task), cpus)
+                os.sched_setaffinity(task, cpus)
 
 
 def _restartable(regs: pt.user_regs_struct) -> bool:
     """Stopped in a system call (orig_rax >= 0) that returned a -ERESTART* code."""
     return not regs.orig_rax >> 63 and regs.rax in _RESTART_RAX
-
-
-def _read_status(pid: int) -> dict[str, str]:
-    with open(f"/proc/{pid}/status") as f:
-        return {key: value.strip() for key, _, value in (line.partition(":") for line in f)}
-
-
-def _thread_count(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return "unknown"
 
 
 def check_traceable(pid: int) -> None:
@@ -245,7 +196,7 @@ def check_traceable(pid: int) -> None:
             "pid 1 is the init process of its pid namespace; tracing it is not supported "
             "(signals behave differently for init and a mistake would bring everything down)."
         )
-    if pid == os.getpid() or os.path.exists(f"/proc/self/task/{pid}"):
+    if pid == os.getpid() or procfs.is_own_thread(pid):
         raise TargetError(
             f"pid {pid} is ekiden-trace itself; give the pid of the program to update."
         )
@@ -255,8 +206,8 @@ def check_traceable(pid: int) -> None:
             "give the pid of the program to update."
         )
     try:
-        status = _read_status(pid)
-        threads = _thread_count(pid)
+        status = procfs.status(pid)
+        threads = procfs.thread_count(pid)
     except FileNotFoundError:
         raise TargetError(f"no process with pid {pid}; check the pid with ps.") from None
     tgid = int(status.get("Tgid", pid))
@@ -273,7 +224,7 @@ def check_traceable(pid: int) -> None:
     tracer = int(status.get("TracerPid", "0"))
     if tracer:
         raise TargetError(
-            f"process {pid} is already traced by pid {tracer} ({_comm(tracer)}); "
+            f"process {pid} is already traced by pid {tracer} ({procfs.comm(tracer)}); "
             "detach that debugger or tracer first."
         )
     if threads > 1:
@@ -283,11 +234,8 @@ def check_traceable(pid: int) -> None:
 
 
 def _ptrace_scope() -> str:
-    try:
-        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
-            return f"kernel.yama.ptrace_scope is {f.read().strip()}"
-    except OSError:
-        return "Yama is not active"
+    scope = procfs.ptrace_scope()
+    return "Yama is not active" if scope is None else f"kernel.yama.ptrace_scope is {scope}"
 
 
 def _seize_error(pid: int, exc: OSError) -> TargetError:
@@ -338,7 +286,7 @@ class Tracee:
             tracee.wait_stop(timeout)
             if not tracee.alive:
                 raise TargetExited(f"process {pid} exited while it was being attached.")
-            threads = _thread_count(pid)
+            threads = procfs.thread_count(pid)
             if threads > 1:
                 raise TargetError(
                     f"process {pid} has {threads} threads; "
@@ -611,7 +559,7 @@ class Tracee:
         return b"".join(parts)
 
     def write(self, addr: int, data: bytes) -> None:
-        """Write `data` at `addr` through /proc/PID/mem (works on read-only pages too)."""
+        """Write `data` at `addr` through the process's mem file (works on read-only pages too)."""
         fd = self._mem()
         view = memoryview(data)
         done = 0
@@ -654,7 +602,7 @@ class Tracee:
 
     def _mem(self) -> int:
         if self._mem_fd is None:
-            self._mem_fd = os.open(f"/proc/{self.pid}/mem", os.O_RDWR | os.O_CLOEXEC)
+            self._mem_fd = procfs.open_mem(self.pid)
         return self._mem_fd
 
     def _close_mem(self) -> None:
@@ -662,21 +610,16 @@ class Tracee:
             os.close(self._mem_fd)
             self._mem_fd = None
 
-    # -- /proc views -----------------------------------------------------------
+    # -- procfs views ----------------------------------------------------------
 
     def maps(self) -> list[Mapping]:
-        """The memory mappings from /proc/PID/maps."""
-        return read_maps(self.pid)
+        """The memory mappings (procfs.maps)."""
+        return procfs.maps(self.pid)
 
     def exe_path(self) -> str:
         """The path of the running executable."""
-        return os.readlink(f"/proc/{self.pid}/exe")
+        return procfs.exe_link(self.pid)
 
     def signal_masks(self) -> tuple[set[int], set[int], set[int]]:
-        """The (blocked, ignored, caught) signal numbers, from /proc/PID/status."""
-        status = _read_status(self.pid)
-        blocked, ignored, caught = (
-            {bit + 1 for bit in range(64) if int(status[key], 16) >> bit & 1}
-            for key in ("SigBlk", "SigIgn", "SigCgt")
-        )
-        return blocked, ignored, caught
+        """The (blocked, ignored, caught) signal numbers (procfs.signal_masks)."""
+        return procfs.signal_masks(self.pid)

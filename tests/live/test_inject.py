@@ -20,9 +20,9 @@ from conftest import REPO, compile_marked, needs_ptrace, process_state, tracer_o
 
 from ekiden_trace.binary.elf import ElfBinary
 from ekiden_trace.target import images as inject_images
-from ekiden_trace.target import inject
+from ekiden_trace.target import inject, procfs
 from ekiden_trace.target import ptrace as pt
-from ekiden_trace.target.inject import InjectionError
+from ekiden_trace.target.inject import InjectionError, Injector
 from ekiden_trace.target.tracee import Tracee
 
 pytestmark = needs_ptrace
@@ -167,6 +167,10 @@ def stop_gadget(tracee: Tracee) -> int:
     return inject.find_syscall_gadget(tracee, [inject.function_range(tracee.pid, "ekiden__stop")])
 
 
+def stop_injector(tracee: Tracee) -> Injector:
+    return Injector(tracee, stop_gadget(tracee))
+
+
 def fd_has_cloexec(pid: int, fd: int) -> bool:
     flags = Path(f"/proc/{pid}/fdinfo/{fd}").read_text().split("flags:")[1].split()[0]
     return bool(int(flags, 8) & os.O_CLOEXEC)
@@ -211,25 +215,25 @@ def test_call_loop_machine_code_is_what_its_comments_say() -> None:
 def test_remote_getpid_leaves_registers_as_they_were(target: Target, tracee: Tracee) -> None:
     assert tracee.in_restartable_syscall()  # stopped inside read(): rax = -ERESTARTSYS
     before = bytes(tracee.regs())
-    gadget = stop_gadget(tracee)
-    assert inject.remote_syscall(tracee, gadget, 39) == target.pid
+    injector = stop_injector(tracee)
+    assert injector.syscall(39) == target.pid
     assert bytes(tracee.regs()) == before
     assert tracee.stopped and tracee.pending_signal == 0
     assert process_state(target.pid) == "t"
-    assert inject.remote_syscall(tracee, gadget, 3, 9999) == -9  # close(9999): -EBADF
+    assert injector.syscall(3, 9999) == -9  # close(9999): -EBADF
     assert bytes(tracee.regs()) == before
 
 
 def test_a_batch_of_system_calls_comes_to_rest_once(target: Target, tracee: Tracee) -> None:
     before = bytes(tracee.regs())
-    gadget = stop_gadget(tracee)
+    injector = stop_injector(tracee)
     calls = [(39, ()), (3, (9999,)), (39, ())]  # getpid, close(9999), getpid
-    assert inject.remote_syscalls(tracee, gadget, calls) == [target.pid, -9, target.pid]
+    assert injector.syscalls(calls) == [target.pid, -9, target.pid]
     assert bytes(tracee.regs()) == before
     assert tracee.stopped and tracee.pending_signal == 0
-    assert inject.remote_syscalls(tracee, gadget, []) == []
+    assert injector.syscalls([]) == []
     with pytest.raises(ValueError, match="execve"):
-        inject.remote_syscalls(tracee, gadget, [(inject.NR_EXECVE, (0, 0, 0))])
+        injector.syscalls([(inject.NR_EXECVE, (0, 0, 0))])
 
 
 def test_one_parse_of_a_library_names_addresses_as_the_elf_reader_does(target: Target) -> None:
@@ -246,13 +250,14 @@ def test_the_marks_gadget_is_decoded_from_the_file(
 ) -> None:
     path = str(binaries["target"])
     (program,) = [i for i in inject_images.mapped_images(target.pid) if i.path == path]
-    gadget = inject.syscall_gadget(tracee, path, "ekiden__stop", program.bias)
+    gadget = Injector.for_tracee(tracee, path, "ekiden__stop", program.bias).gadget
     assert gadget == stop_gadget(tracee)
     # Where the process's code is not the file's, any other gadget is used.
-    elsewhere = inject.syscall_gadget(tracee, path, "ekiden__stop", program.bias + 16)
+    injector = Injector.for_tracee(tracee, path, "ekiden__stop", program.bias + 16)
+    elsewhere = injector.gadget
     start, end = inject.function_range(target.pid, "ekiden__stop")
     assert not start <= elsewhere < end
-    assert inject.remote_syscall(tracee, elsewhere, 39) == target.pid
+    assert injector.syscall(39) == target.pid
 
 
 def test_gadgets_in_the_program_and_in_libc(target: Target, tracee: Tracee) -> None:
@@ -267,50 +272,50 @@ def test_gadgets_in_the_program_and_in_libc(target: Target, tracee: Tracee) -> N
     (mapping,) = [m for m in tracee.maps() if m.start <= libc < m.end]
     assert "libc.so" in mapping.path and "x" in mapping.perms
     assert inject.is_syscall_instruction(tracee, libc)
-    assert inject.remote_syscall(tracee, libc, 39) == target.pid
+    assert Injector(tracee, libc).syscall(39) == target.pid
 
     # Memory without symbols (the vDSO) is scanned instead.
     vdso = inject_images.scan_gadget(tracee.read, [m for m in tracee.maps() if m.path == "[vdso]"])
     assert vdso is not None and inject.is_syscall_instruction(tracee, vdso)
-    assert inject.remote_syscall(tracee, vdso, 39) == target.pid
+    assert Injector(tracee, vdso).syscall(39) == target.pid
 
 
 def test_remote_mmap_and_munmap_show_in_maps(target: Target, tracee: Tracee) -> None:
-    gadget = stop_gadget(tracee)
-    addr = inject.remote_mmap(tracee, gadget, 3 * mmap.PAGESIZE, mmap.PROT_READ | mmap.PROT_WRITE)
+    injector = stop_injector(tracee)
+    addr = injector.mmap(3 * mmap.PAGESIZE, mmap.PROT_READ | mmap.PROT_WRITE)
     # The kernel may merge it with a neighbouring anonymous mapping.
     (mapping,) = [m for m in tracee.maps() if m.start <= addr < m.end]
     assert mapping.end >= addr + 3 * mmap.PAGESIZE and mapping.perms.startswith("rw-")
     tracee.write(addr, b"written")
     assert tracee.read(addr, 7) == b"written"
-    inject.remote_munmap(tracee, gadget, addr, 3 * mmap.PAGESIZE)
+    injector.munmap(addr, 3 * mmap.PAGESIZE)
     assert not [m for m in tracee.maps() if m.start <= addr < m.end]
     with pytest.raises(InjectionError, match=r"mmap of .* failed with EINVAL"):
-        inject.remote_mmap(tracee, gadget, 0, mmap.PROT_READ)
+        injector.mmap(0, mmap.PROT_READ)
 
 
 def test_clear_and_restore_cloexec(target: Target, tracee: Tracee) -> None:
-    gadget = stop_gadget(tracee)
-    fds = inject.open_fds(target.pid)
+    injector = stop_injector(tracee)
+    fds = procfs.open_fds(target.pid)
     assert fds == [0, 1, 2, target.keep, target.cloexec, target.other]
-    assert inject.clear_cloexec(tracee, gadget, [target.keep, target.cloexec]) == [target.cloexec]
+    assert injector.clear_cloexec([target.keep, target.cloexec]) == [target.cloexec]
     assert not fd_has_cloexec(target.pid, target.cloexec)
     assert fd_has_cloexec(target.pid, target.other)
-    assert inject.remote_fcntl(tracee, gadget, target.cloexec, 1) == 0  # F_GETFD
-    inject.restore_cloexec(tracee, gadget, [target.cloexec])
+    assert injector.fcntl(target.cloexec, 1) == 0  # F_GETFD
+    injector.restore_cloexec([target.cloexec])
     assert fd_has_cloexec(target.pid, target.cloexec)
     with pytest.raises(InjectionError, match="not open"):
-        inject.clear_cloexec(tracee, gadget, [99])
+        injector.clear_cloexec([99])
 
 
 def test_signals_arriving_during_an_injection_are_delivered_afterwards(
     target: Target, tracee: Tracee
 ) -> None:
-    gadget = stop_gadget(tracee)
+    injector = stop_injector(tracee)
     os.kill(target.pid, signal.SIGUSR1)  # pending while stopped: seen when we step
-    assert inject.remote_syscall(tracee, gadget, 39) == target.pid
+    assert injector.syscall(39) == target.pid
     raise_self = inject.find_function(target.pid, "raise_self")
-    assert inject.remote_call(tracee, raise_self, signal.SIGUSR1) == 0
+    assert injector.call(raise_self, signal.SIGUSR1) == 0
     tracee.release()
     assert target.line() == "USR1"  # one USR1: the second arrived while the first was pending
     assert target.ask("after") == "echo after"
@@ -319,15 +324,15 @@ def test_signals_arriving_during_an_injection_are_delivered_afterwards(
 def test_injection_in_a_signal_delivery_stop_keeps_that_signal(
     target: Target, tracee: Tracee
 ) -> None:
-    gadget = stop_gadget(tracee)
+    injector = stop_injector(tracee)
     tracee.cont()
     subprocess.run(["kill", "-USR1", str(target.pid)], check=True)
     stop = tracee.wait_stop(5)
     assert (stop.kind, stop.signo) == ("signal", signal.SIGUSR1)
     info = bytes(pt.getsiginfo(target.pid))
     regs = bytes(tracee.regs())
-    assert inject.remote_syscall(tracee, gadget, 39) == target.pid
-    assert inject.remote_call(tracee, inject.find_function(target.pid, "add3"), 1, 2, 3) == 6
+    assert injector.syscall(39) == target.pid
+    assert injector.call(inject.find_function(target.pid, "add3"), 1, 2, 3) == 6
     assert tracee.pending_signal == signal.SIGUSR1
     assert bytes(pt.getsiginfo(target.pid)) == info  # the sender is still kill(1), not us
     assert bytes(tracee.regs()) == regs
@@ -339,22 +344,22 @@ def test_injection_in_a_signal_delivery_stop_keeps_that_signal(
 
 
 def test_remote_call_of_program_and_libc_functions(target: Target, tracee: Tracee) -> None:
-    gadget = stop_gadget(tracee)
+    injector = stop_injector(tracee)
     before = bytes(tracee.regs())
     xstate = pt.getregset(target.pid, pt.NT_X86_XSTATE, 1 << 15)
     add3 = inject.find_function(target.pid, "add3")
-    assert inject.remote_call(tracee, add3, 1, 2, 3) == 6
-    assert ctypes.c_int32(inject.remote_call(tracee, add3, -10, 2, 3)).value == -5
+    assert injector.call(add3, 1, 2, 3) == 6
+    assert ctypes.c_int32(injector.call(add3, -10, 2, 3)).value == -5
 
-    page = inject.remote_mmap(tracee, gadget, mmap.PAGESIZE, mmap.PROT_READ | mmap.PROT_WRITE)
+    page = injector.mmap(mmap.PAGESIZE, mmap.PROT_READ | mmap.PROT_WRITE)
     tracee.write(page, b"hello from ekiden-trace\0")
     with pytest.raises(InjectionError, match="GNU indirect function"):
         inject.find_function(target.pid, "strlen")
-    strlen = inject.resolve_function(tracee, "strlen")
-    assert inject.remote_call(tracee, strlen, page) == len("hello from ekiden-trace")
+    strlen = injector.resolve_function("strlen")
+    assert injector.call(strlen, page) == len("hello from ekiden-trace")
     # Running on a scratch stack of our own works the same.
-    assert inject.remote_call(tracee, strlen, page, scratch=page + mmap.PAGESIZE) == 23
-    inject.remote_munmap(tracee, gadget, page, mmap.PAGESIZE)
+    assert injector.call(strlen, page, scratch=page + mmap.PAGESIZE) == 23
+    injector.munmap(page, mmap.PAGESIZE)
 
     assert bytes(tracee.regs()) == before
     assert pt.getregset(target.pid, pt.NT_X86_XSTATE, 1 << 15) == xstate  # AVX state too
@@ -363,58 +368,59 @@ def test_remote_call_of_program_and_libc_functions(target: Target, tracee: Trace
 
 
 def test_a_crashing_call_is_reported_and_undone(target: Target, tracee: Tracee) -> None:
+    injector = stop_injector(tracee)
     before = bytes(tracee.regs())
     crash = inject.find_function(target.pid, "crash")
     with pytest.raises(InjectionError, match=r"crashed with SIGSEGV at 0x[0-9a-f]+ \(in target\)"):
-        inject.remote_call(tracee, crash)
+        injector.call(crash)
     assert bytes(tracee.regs()) == before
     with pytest.raises(InjectionError, match="crashed with SIGABRT"):
-        inject.remote_call(tracee, inject.find_function(target.pid, "abort"))
+        injector.call(inject.find_function(target.pid, "abort"))
     assert bytes(tracee.regs()) == before
     assert tracee.pending_signal == 0
 
 
 def test_a_call_that_never_returns_times_out(target: Target, tracee: Tracee) -> None:
+    injector = stop_injector(tracee)
     before = bytes(tracee.regs())
     spin = inject.find_function(target.pid, "spin")
     with pytest.raises(InjectionError, match=r"did not complete within 0\.3 s"):
-        inject.remote_call(tracee, spin, timeout=0.3)
+        injector.call(spin, timeout=0.3)
     assert bytes(tracee.regs()) == before
     assert tracee.stopped
 
     # A system call that blocks (read on the empty stdin pipe) is interrupted the same way.
-    gadget = stop_gadget(tracee)
-    buffer = inject.remote_mmap(tracee, gadget, mmap.PAGESIZE, mmap.PROT_READ | mmap.PROT_WRITE)
+    buffer = injector.mmap(mmap.PAGESIZE, mmap.PROT_READ | mmap.PROT_WRITE)
     with pytest.raises(InjectionError, match=r"system call 0 .* did not complete within 0\.3 s"):
-        inject.remote_syscall(tracee, gadget, 0, 0, buffer, 16, timeout=0.3)
-    inject.remote_munmap(tracee, gadget, buffer, mmap.PAGESIZE)
+        injector.syscall(0, 0, buffer, 16, timeout=0.3)
+    injector.munmap(buffer, mmap.PAGESIZE)
     assert bytes(tracee.regs()) == before
 
 
 def test_batch_malloc_uses_the_programs_own_allocator(target: Target, tracee: Tracee) -> None:
-    gadget = stop_gadget(tracee)
+    injector = stop_injector(tracee)
     malloc = inject.find_function(target.pid, "malloc")
     sizes = [1 + (i * 37) % 500 for i in range(10_000)]
-    pointers = inject.batch_malloc(tracee, gadget, malloc, sizes)
+    pointers = injector.batch_malloc(malloc, sizes)
     assert len(pointers) == len(sizes) and len(set(pointers)) == len(sizes)
     assert all(p and p % 16 == 0 for p in pointers)
     usable = inject.find_function(target.pid, "malloc_usable_size")
     for index in (0, 1, 4999, 9999):
-        assert inject.remote_call(tracee, usable, pointers[index]) >= sizes[index]
+        assert injector.call(usable, pointers[index]) >= sizes[index]
         tracee.write(pointers[index], b"x" * sizes[index])
     assert not [m for m in tracee.maps() if "x" in m.perms and not m.path]  # the loop is gone
     free = inject.find_function(target.pid, "free")
     for pointer in pointers:
-        inject.remote_call(tracee, free, pointer)
+        injector.call(free, pointer)
     with pytest.raises(InjectionError, match="out of memory: malloc returned NULL for 1 of 3"):
-        inject.batch_malloc(tracee, gadget, malloc, [16, 1 << 62, 32])
+        injector.batch_malloc(malloc, [16, 1 << 62, 32])
 
 
 def test_a_batch_call_that_crashes_leaves_nothing_behind(target: Target, tracee: Tracee) -> None:
     before, maps = bytes(tracee.regs()), tracee.maps()
     crash = inject.find_function(target.pid, "crash")
     with pytest.raises(InjectionError, match="crashed with SIGSEGV"):
-        inject.batch_call(tracee, stop_gadget(tracee), crash, [1, 2])
+        stop_injector(tracee).batch_call(crash, [1, 2])
     assert bytes(tracee.regs()) == before
     assert tracee.maps() == maps  # the call loop's mapping is gone
 
@@ -425,23 +431,22 @@ def test_a_batch_call_that_crashes_leaves_nothing_behind(target: Target, tracee:
 def test_exec_in_place_keeps_pid_and_fds(
     target: Target, tracee: Tracee, binaries: dict[str, Path]
 ) -> None:
-    gadget = stop_gadget(tracee)
-    cleared = inject.clear_cloexec(tracee, gadget, [target.keep, target.cloexec])
+    injector = stop_injector(tracee)
+    cleared = injector.clear_cloexec([target.keep, target.cloexec])
     argv = [b"renamed", b"", b"two words"]
     envp = [b"EKIDEN_TEST=yes", b"EMPTY="]
-    inject.exec_in_place(tracee, gadget, str(binaries["child"]), argv, envp)
+    injector.exec_in_place(str(binaries["child"]), argv, envp)
     assert tracee.stopped and tracee.pending_signal == 0
     assert os.readlink(f"/proc/{target.pid}/exe") == str(binaries["child"])
-    assert inject.read_cmdline(target.pid) == argv
-    assert inject.read_environ(target.pid) == envp
+    assert procfs.cmdline(target.pid) == argv
+    assert procfs.environ(target.pid) == envp
     # Before libc is loaded, the fallback gadget is in ld.so.
     early = inject.find_syscall_gadget(tracee)
     (mapping,) = [m for m in tracee.maps() if m.start <= early < m.end]
     assert os.path.basename(mapping.path).startswith("ld-")
-    assert inject.remote_syscall(tracee, early, 39) == target.pid
+    assert Injector(tracee, early).syscall(39) == target.pid
     # The new image has its own ekiden__stop gadget; FD_CLOEXEC goes back on.
-    new_gadget = stop_gadget(tracee)
-    inject.restore_cloexec(tracee, new_gadget, cleared)
+    stop_injector(tracee).restore_cloexec(cleared)
     assert fd_has_cloexec(target.pid, target.cloexec)
     tracee.release()
     assert target.line() == (
@@ -453,7 +458,7 @@ def test_exec_in_place_keeps_pid_and_fds(
 def test_exec_failures_leave_the_old_program_running(
     target: Target, tracee: Tracee, tmp_path: Path
 ) -> None:
-    gadget = stop_gadget(tracee)
+    injector = stop_injector(tracee)
     before = bytes(tracee.regs())
     maps = tracee.maps()
     script = tmp_path / "not-a-program"
@@ -463,7 +468,7 @@ def test_exec_failures_leave_the_old_program_running(
     data.write_text("not executable")
     for path, code in ((tmp_path / "missing", "ENOENT"), (data, "EACCES"), (script, "ENOEXEC")):
         with pytest.raises(InjectionError, match=f"failed with {code}"):
-            inject.exec_in_place(tracee, gadget, str(path), [b"x"], [])
+            injector.exec_in_place(str(path), [b"x"], [])
         assert bytes(tracee.regs()) == before
         assert tracee.maps() == maps  # the scratch area is gone again
     assert os.readlink(f"/proc/{target.pid}/exe").endswith("/target")
@@ -472,14 +477,14 @@ def test_exec_failures_leave_the_old_program_running(
 def test_exec_with_an_environment_larger_than_the_stack_room(
     target: Target, tracee: Tracee, binaries: dict[str, Path]
 ) -> None:
-    gadget = stop_gadget(tracee)
+    injector = stop_injector(tracee)
     envp = [f"BIG{i}=".encode() + bytes([65 + i]) * 100_000 for i in range(15)]  # 1.5 MB
     maps = tracee.maps()
     with pytest.raises(InjectionError, match="failed with ENOENT"):
-        inject.exec_in_place(tracee, gadget, "/nonexistent/program", [b"x"], envp)
+        injector.exec_in_place("/nonexistent/program", [b"x"], envp)
     assert tracee.maps() == maps  # its own mapping is gone again
-    inject.exec_in_place(tracee, gadget, str(binaries["child"]), [b"big"], envp)
-    assert inject.read_environ(target.pid) == envp
+    injector.exec_in_place(str(binaries["child"]), [b"big"], envp)
+    assert procfs.environ(target.pid) == envp
     tracee.release()
     assert target.line() == f"child {target.pid} [big] env=- open: {target.keep}"
     target.prefix = "child "
@@ -490,8 +495,8 @@ def test_cmdline_and_environ_are_exact_bytes(
 ) -> None:
     proc = spawn(binaries["child"], "one", "", "three", env={"A": "1", "EMPTY": ""})
     assert proc.stdout is not None and proc.stdout.readline().startswith("child")
-    assert inject.read_cmdline(proc.pid) == [str(binaries["child"]).encode(), b"one", b"", b"three"]
-    assert inject.read_environ(proc.pid) == [b"A=1", b"EMPTY="]
+    assert procfs.cmdline(proc.pid) == [str(binaries["child"]).encode(), b"one", b"", b"three"]
+    assert procfs.environ(proc.pid) == [b"A=1", b"EMPTY="]
 
 
 # -- a tool that dies between injections --------------------------------------------------
@@ -510,8 +515,9 @@ DYING_TOOL = textwrap.dedent(
         os.kill(pid, signal.SIGUSR1)
         assert tracee.wait_stop(5).signo == signal.SIGUSR1
     gadget = inject.find_syscall_gadget(tracee, [inject.function_range(pid, "ekiden__stop")])
-    assert inject.remote_syscall(tracee, gadget, 39) == pid
-    assert inject.remote_call(tracee, inject.find_function(pid, "add3"), 1, 2, 3) == 6
+    injector = inject.Injector(tracee, gadget)
+    assert injector.syscall(39) == pid
+    assert injector.call(inject.find_function(pid, "add3"), 1, 2, 3) == 6
     os._exit(0)  # no release: the kernel detaches
     """
 )

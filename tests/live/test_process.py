@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -15,15 +16,16 @@ from pathlib import Path
 
 import pytest
 from conftest import needs_ptrace
+from ptrace.binding.func import ptrace
 
 from ekiden_trace.errors import TargetError, WaitTimeout
 from ekiden_trace.target import ptrace as pt
 from ekiden_trace.target.images import load_image
+from ekiden_trace.target.procfs import auxv
 from ekiden_trace.target.tracee import (
     MemoryAccessError,
     Tracee,
     decode_status,
-    read_auxv,
     sharing_cpu,
 )
 
@@ -31,6 +33,21 @@ pytestmark = needs_ptrace
 
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 5.0
+PTRACE_POKEUSER = 6
+PTRACE_GETEVENTMSG = 0x4201
+
+
+def pokeuser(pid: int, offset: int, word: int) -> None:
+    """Write one word at `offset` in the tracee's `struct user`."""
+    ptrace(PTRACE_POKEUSER, pid, offset, word & 0xFFFF_FFFF_FFFF_FFFF)
+
+
+def geteventmsg(pid: int) -> int:
+    """The message of the last PTRACE_EVENT stop (e.g. the former tid after an exec)."""
+    msg = ctypes.c_ulong()
+    ptrace(PTRACE_GETEVENTMSG, pid, 0, ctypes.addressof(msg))
+    return msg.value
+
 
 TARGET_C = r"""
 #include <errno.h>
@@ -264,7 +281,7 @@ def test_exec_stop_and_memory_after_exec(spawn: Callable[..., subprocess.Popen[s
             tracee.cont(tracee.pending_signal)
             stop = tracee.wait_stop(TIMEOUT)
         assert tracee.exe_path() == os.path.realpath("/bin/sleep")
-        assert pt.geteventmsg(proc.pid) == proc.pid  # the former thread id
+        assert geteventmsg(proc.pid) == proc.pid  # the former thread id
         sp = tracee.regs().rsp
         word = tracee.read_word(sp)
         tracee.write_word(sp, word)  # a stale handle would write into nothing
@@ -322,7 +339,7 @@ def test_run_syscalls_stops_only_at_the_entry_of_a_watched_call(target: Target) 
 def test_auxv_gives_the_load_bias(target: Target, target_binary: Path) -> None:
     image = load_image(str(target_binary))
     assert image is not None
-    bias = read_auxv(target.pid)[9] - image.entry  # AT_ENTRY
+    bias = auxv(target.pid)[9] - image.entry  # AT_ENTRY
     assert image.functions["main"].addr + bias == target.main
 
 
@@ -363,7 +380,7 @@ def test_registers_round_trip(target: Target) -> None:
         tracee.set_regs(regs)
         assert tracee.regs().r12 == 0x1234
         assert pt.peekuser(target.pid, 3 * 8) == 0x1234  # r12 is the 4th word of user_regs
-        pt.pokeuser(target.pid, 3 * 8, -1)
+        pokeuser(target.pid, 3 * 8, -1)
         assert tracee.regs().r12 == 0xFFFF_FFFF_FFFF_FFFF
         assert pt.peekuser(target.pid, 3 * 8) == 0xFFFF_FFFF_FFFF_FFFF
         regs.r12 = saved

@@ -1,0 +1,114 @@
+"""Where a tagged variable lives in a stopped process.
+
+A global or static has a fixed address (plus the load bias). A local lives in
+the frame of its function, which may be inlined: DWARF gives its location as an
+expression, or a list of them by pc range, evaluated with that frame's registers.
+"""
+
+from __future__ import annotations
+
+from ekiden_trace.binary.dwarf.expr import (
+    ExprContext,
+    MemoryLocation,
+    RegisterLocation,
+    Unsupported,
+    ValueLocation,
+    ValueUnknown,
+    evaluate,
+)
+from ekiden_trace.binary.dwarf.index import DebugIndex
+from ekiden_trace.binary.dwarf.model import Variable
+from ekiden_trace.binary.program import TaggedVariable
+from ekiden_trace.target.address_space import LiveProcess
+from ekiden_trace.target.unwind import Frame
+
+
+def frame_functions(index: DebugIndex, frame: Frame, bias: int) -> list[str]:
+    """The functions a frame stands in, innermost first: those inlined at its pc, then the
+    out-of-line function itself (empty when no function of the program covers the pc)."""
+    lookup_pc = frame.lookup_pc - bias
+    function = index.function_at(lookup_pc)
+    if function is None:
+        return []
+    return [*index.inline_chain_at(lookup_pc), function.name]
+
+
+def static_address(var: Variable, bias: int) -> int | None:
+    """The run-time address of a global or static variable; None for a local."""
+    if var.location["kind"] == "addr":
+        return var.location["addr"] + bias
+    return None
+
+
+def locate(live: LiveProcess, tag: TaggedVariable, frames: list[Frame]) -> int | bytes | str:
+    """Where a tagged variable is: its address in memory; its value's bytes when it lives
+    outside memory (in a register, or computed); or, as a sentence, why it has neither."""
+    address = static_address(tag.variable, live.bias)
+    if address is not None:
+        return address
+    try:
+        return _locate_local(live, tag, frames)
+    except (Unsupported, ValueUnknown) as exc:
+        return f"its location cannot be evaluated here ({exc})"
+
+
+def _locate_local(live: LiveProcess, tag: TaggedVariable, frames: list[Frame]) -> int | bytes | str:
+    """A local in the innermost frame that stands in its function."""
+    var = tag.variable
+    index, bias = live.program.index, live.bias
+    for frame in frames:
+        if var.function not in frame_functions(index, frame, bias):
+            continue
+        lookup_pc = frame.lookup_pc - bias
+        function = index.function_at(lookup_pc)
+        assert function is not None, "frame_functions found it"
+        expr = _location_for_pc(var.location, lookup_pc)
+        if expr is None:
+            return f"it is optimised out at {function.name}'s current line"
+        frame_base = _frame_base(live, function.frame_base, frame)
+        loc = evaluate(expr, _context(live, frame, frame_base))
+        if isinstance(loc, MemoryLocation):
+            return loc.addr
+        if isinstance(loc, RegisterLocation):
+            value = frame.regs.get(loc.regno)
+            if value is None:
+                return "its register is not recoverable in this frame"
+            return value.to_bytes(8, "little")[: tag.size or 8]
+        if isinstance(loc, ValueLocation):
+            return loc.as_bytes(tag.size or 8)
+        return "its location is split into pieces, which is not supported"
+    return f"{var.function} is not active in the stopped thread"
+
+
+def _location_for_pc(location: dict, pc: int) -> bytes | None:
+    """The DWARF expression of a location that is valid at a link-time pc."""
+    if location["kind"] == "expr":
+        return bytes.fromhex(location["expr"])
+    if location["kind"] == "list":
+        for lo, hi, expr in location["ranges"]:
+            if lo <= pc < hi:
+                return bytes.fromhex(expr)
+    return None
+
+
+def _frame_base(live: LiveProcess, expr_hex: str | None, frame: Frame) -> int | None:
+    """The value of a function's DW_AT_frame_base in a frame, if it has one."""
+    if not expr_hex:
+        return None
+    loc = evaluate(bytes.fromhex(expr_hex), _context(live, frame, None))
+    if isinstance(loc, MemoryLocation):
+        return loc.addr
+    if isinstance(loc, RegisterLocation):
+        return frame.regs.get(loc.regno)
+    return None
+
+
+def _context(live: LiveProcess, frame: Frame, frame_base: int | None) -> ExprContext:
+    assert live.tracee is not None, "locating a local needs a stopped tracee"
+    return ExprContext(
+        regs=frame.regs,
+        read_word=live.tracee.read_word,
+        cfa=frame.cfa,
+        frame_base=frame_base,
+        load_bias=live.bias,
+    )
