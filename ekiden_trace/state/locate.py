@@ -7,6 +7,8 @@ expression, or a list of them by pc range, evaluated with that frame's registers
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ekiden_trace.binary.dwarf.expr import (
     ExprContext,
     MemoryLocation,
@@ -64,7 +66,12 @@ def _locate_local(live: LiveProcess, tag: TaggedVariable, frames: list[Frame]) -
         assert function is not None, "frame_functions found it"
         expr = _location_for_pc(var.location, lookup_pc)
         if expr is None:
-            return f"it is optimised out at {function.name}'s current line"
+            home = _stack_home(live, var, function.frame_base, frame)
+            return (
+                home
+                if home is not None
+                else f"it is optimised out at {function.name}'s current line"
+            )
         frame_base = _frame_base(live, function.frame_base, frame)
         loc = evaluate(expr, _context(live, frame, frame_base))
         if isinstance(loc, MemoryLocation):
@@ -72,12 +79,44 @@ def _locate_local(live: LiveProcess, tag: TaggedVariable, frames: list[Frame]) -
         if isinstance(loc, RegisterLocation):
             value = frame.regs.get(loc.regno)
             if value is None:
-                return "its register is not recoverable in this frame"
+                home = _stack_home(live, var, function.frame_base, frame)
+                return home if home is not None else "its register is not recoverable in this frame"
             return value.to_bytes(8, "little")[: tag.size or 8]
         if isinstance(loc, ValueLocation):
             return loc.as_bytes(tag.size or 8)
         return "its location is split into pieces, which is not supported"
     return f"{var.function} is not active in the stopped thread"
+
+
+def _stack_home(
+    live: LiveProcess, var: Variable, frame_base_hex: str | None, frame: Frame
+) -> int | None:
+    """The stack slot of a tagged local where its location list has no entry, or only a
+    lost register, at the frame's pc.
+
+    A tag takes the variable's address, so the variable has a slot, and since that
+    address escaped, the slot holds its value whenever the function calls out, as at
+    every stop.  clang describes the slot only over the tag's slow path and tracks a
+    register copy elsewhere.  A slot sits at a fixed distance from the CFA, so an entry
+    of the list that names it, evaluated with the CFA rule at that entry's pc, gives
+    its address in this frame.
+    """
+    if var.location["kind"] != "list" or frame.cfa is None:
+        return None
+    for lo, _hi, expr in var.location["ranges"]:
+        rule = live.cfa_rule_at(lo)
+        if rule is None or rule.regno is None or rule.expr is not None:
+            continue
+        # At pc `lo`, the CFA register held CFA - offset; no other register is known.
+        at_lo = replace(frame, regs={rule.regno: frame.cfa - rule.offset})
+        try:
+            base = _frame_base(live, frame_base_hex, at_lo)
+            loc = evaluate(bytes.fromhex(expr), _context(live, at_lo, base))
+        except (Unsupported, ValueUnknown):
+            continue
+        if isinstance(loc, MemoryLocation):
+            return loc.addr
+    return None
 
 
 def _location_for_pc(location: dict, pc: int) -> bytes | None:

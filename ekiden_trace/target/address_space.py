@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ekiden_trace.binary.dwarf.cache import file_key, load_or_build
-from ekiden_trace.binary.dwarf.cfi import CallFrameTable
+from ekiden_trace.binary.dwarf.cfi import CallFrameTable, CfaRule
 from ekiden_trace.binary.dwarf.expr import regs_to_dwarf
 from ekiden_trace.binary.files import same_file
 from ekiden_trace.binary.program import Program, SymbolTable
@@ -150,6 +150,12 @@ class LiveProcess:
                     return lo + self.bias
         found = self.symbol_at(addr)
         return addr - found[1] if found else None
+
+    def cfa_rule_at(self, link_pc: int) -> CfaRule | None:
+        """How the program's own code at a link-time pc computes its frame's CFA."""
+        entry = self._module_map.lookup(link_pc + self.bias)
+        row = entry.table.row_at(link_pc) if entry is not None else None
+        return row.cfa if row is not None else None
 
     def frames(self) -> list[Frame]:
         """The current thread's frames, unwound with CFI from the registers at the stop."""
