@@ -12,6 +12,8 @@ from ekiden_trace.errors import EkidenError
 from ekiden_trace.ops.interrupts import Interrupted, aborting_on_signals
 
 USAGE_ERROR = 64
+DROPS_STATE = 9
+NEEDS_TRANSFORMER = 10
 PARTIAL_FAILURE = 12
 
 if TYPE_CHECKING:
@@ -77,7 +79,9 @@ def _cmd_diff(args: argparse.Namespace) -> int:
         print(json.dumps(plan_json(plan), indent=2))
     else:
         sys.stdout.write(plan_text(plan))
-    return 0 if plan.ok else 10
+    if not plan.ok:
+        return NEEDS_TRANSFORMER
+    return DROPS_STATE if plan.unacknowledged else 0
 
 
 def _cmd_attach(args: argparse.Namespace) -> int:
@@ -91,6 +95,7 @@ def _cmd_attach(args: argparse.Namespace) -> int:
         xform=args.xform,
         timeout=args.timeout,
         force=args.force,
+        allow_drop=args.allow_drop,
     )
     if args.tree:
         return _print_tree(update_tree(args.pid, options), args.json)
@@ -195,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--force",
         action="store_true",
         help="accept a new binary writable by others or owned by another user",
+    )
+    attach.add_argument(
+        "--allow-drop",
+        action="store_true",
+        help="update even if v1 state that no transformer file acknowledges is dropped",
     )
     attach.add_argument("--json", action="store_true", help="print the report as JSON")
     attach.set_defaults(run=_cmd_attach)

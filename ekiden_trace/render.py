@@ -11,6 +11,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from ekiden_trace.binary.program import Program
+from ekiden_trace.plan.planner import describe_drop
 from ekiden_trace.state.snapshot import (
     ArrayValue,
     CharArray,
@@ -334,6 +335,18 @@ def plan_json(plan: UpdatePlan) -> dict[str, Any]:
         ],
         "types": plan.type_notes,
         "problems": plan.problems,
+        "drops": [
+            {
+                "what": d.what,
+                "type": d.type_name,
+                "name": d.name,
+                "c_type": d.c_type,
+                "acknowledged": d.acknowledged,
+                "acknowledged_by": d.acknowledged_by or None,
+                "likely_renamed_to": d.renamed_to,
+            }
+            for d in plan.drops
+        ],
     }
 
 
@@ -348,8 +361,19 @@ def plan_text(plan: UpdatePlan) -> str:
         lines += ["", "types:"]
         for type_name, notes in plan.type_notes.items():
             lines += [f"  {type_name}: {note}" for note in notes]
-    verdict = "the update can be done" if plan.ok else "the update needs transformers for:"
-    lines += ["", verdict, *[f"  {p}" for p in plan.problems]]
+    if plan.drops:
+        lines += ["", "dropped (old state the update throws away):"]
+        lines += [f"  {describe_drop(d)}" for d in plan.drops]
+    if not plan.ok:
+        lines += ["", "the update needs transformers for:", *[f"  {p}" for p in plan.problems]]
+    elif plan.unacknowledged:
+        lines += [
+            "",
+            "the update drops state no transformer file acknowledges: attach refuses it "
+            "without drop(...) or rename(...) in a --xform file, or --allow-drop",
+        ]
+    else:
+        lines += ["", "the update can be done"]
     return "\n".join(lines) + "\n"
 
 
@@ -373,7 +397,7 @@ def report_text(report: UpdateReport) -> str:
     if report.initialised:
         lines.append(f"initialised by the new version: {', '.join(report.initialised)}")
     if report.dropped:
-        lines.append(f"dropped (the new version has no such tag): {', '.join(report.dropped)}")
+        lines.append(f"dropped: {', '.join(report.dropped)}")
     lines += [f"note: {n}" for n in report.notes]
     return "\n".join(lines) + "\n"
 

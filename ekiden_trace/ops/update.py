@@ -26,7 +26,7 @@ from ekiden_trace.ops.guardian import Guardian
 from ekiden_trace.ops.inspect import capture_stopped
 from ekiden_trace.ops.preflight import check_point, check_reachable, check_trusted, program_of
 from ekiden_trace.ops.rollback import GuardState, roll_back_to
-from ekiden_trace.plan.planner import UpdatePlan, plan_update
+from ekiden_trace.plan.planner import UpdatePlan, describe_drop, plan_update
 from ekiden_trace.plan.transformers import Transformers, load_transformers
 from ekiden_trace.state.backend import RestoreFailed
 from ekiden_trace.state.checks import check_snapshot
@@ -45,6 +45,12 @@ class PlanRefused(EkidenError):
     """The update cannot be done automatically; nothing was touched."""
 
     exit_code = 10
+
+
+class DropRefused(EkidenError):
+    """The update would throw away v1 state that nothing acknowledges; nothing was touched."""
+
+    exit_code = 9
 
 
 class RolledBack(EkidenError):
@@ -68,6 +74,7 @@ class UpdateOptions:
     xform: str | None = None
     timeout: float = 10.0
     force: bool = False
+    allow_drop: bool = False
 
 
 @dataclass
@@ -128,6 +135,12 @@ def prepare(pid: int, options: UpdateOptions) -> Prepared:
             f"v1's state cannot be mapped onto {new.path} without transformers: {listed}. "
             "Run `ekiden-trace diff` for the full report."
         )
+    if plan.unacknowledged and not options.allow_drop:
+        listed = "; ".join(describe_drop(d) for d in plan.unacknowledged[:5])
+        raise DropRefused(
+            f"the update would drop old state: {listed}. Acknowledge each with drop(...) or "
+            "rename(...) in a --xform file, or pass --allow-drop."
+        )
     identity = plan_update(old, old, Transformers())
     _warm(old, new)
     return Prepared(old, new, plan, identity, transformers, file_identity(str(new.path)))
@@ -163,7 +176,7 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
     old, plan = prepared.old, prepared.plan
     check_reachable(pid, prepared.new)
     check_trusted(pid, prepared.new, options.force)
-    report.dropped = [v.key for v in plan.variables if v.action == "dropped"]
+    report.dropped = [d.what for d in plan.drops]
     report.notes = [f"{t}: {n}" for t, notes in plan.type_notes.items() for n in notes]
     old_argv = procfs.cmdline(pid)
     argv = old_argv if options.args is None else [old_argv[0], *(a.encode() for a in options.args)]

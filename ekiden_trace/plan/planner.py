@@ -6,19 +6,19 @@ prints it and `attach` refuses to start when it has blocking problems.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
 from ekiden_trace.binary.dwarf.cache import load_or_build, store
-from ekiden_trace.binary.dwarf.types import TypeInfo, c_name, get, strip
+from ekiden_trace.binary.dwarf.types import Member, TypeInfo, c_name, get, strip
 from ekiden_trace.binary.program import Program, TaggedVariable
-from ekiden_trace.plan.transformers import Transformers
+from ekiden_trace.plan.transformers import TransformerError, Transformers
 
 INT_ENCODINGS = ("signed", "unsigned", "signed_char", "unsigned_char", "bool")
-PLAN_FORMAT = 2
+PLAN_FORMAT = 3
 """Version of the cached plan layout (see plan_update)."""
 
 
@@ -35,19 +35,67 @@ class VariablePlan:
     problems: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Drop:
+    """State of v1 that the update throws away: a tagged variable v2 lacks (type_name
+    None, name its key) or a field v2's struct lacks."""
+
+    type_name: str | None
+    name: str
+    c_type: str
+    acknowledged_by: str  # drop, or the transformer that replaces it; '' when nothing
+    renamed_to: str | None = None  # v2's field or variable of the same type in its place
+
+    @property
+    def acknowledged(self) -> bool:
+        return bool(self.acknowledged_by)
+
+    @property
+    def what(self) -> str:
+        return f"{self.type_name}.{self.name}" if self.type_name else self.name
+
+    def call(self, function: str = "drop") -> str:
+        """The transformer-file line that acknowledges it (or renames it)."""
+        args = [self.type_name] if self.type_name else []
+        args += [self.name, self.renamed_to] if function == "rename" else [self.name]
+        return f"{function}({', '.join(repr(a).replace(chr(39), chr(34)) for a in args)})"
+
+    def to_json(self) -> list[Any]:
+        return [self.type_name, self.name, self.c_type, self.acknowledged_by, self.renamed_to]
+
+
+def describe_drop(drop: Drop) -> str:
+    """A drop for people: what, and what acknowledges it."""
+    if drop.acknowledged_by == "drop":
+        return f"{drop.what} ({drop.c_type}), acknowledged"
+    if drop.acknowledged:
+        return f"{drop.what} ({drop.c_type}), replaced by {drop.acknowledged_by}"
+    if drop.renamed_to:
+        rename = drop.call("rename")
+        return f"{drop.what} ({drop.c_type}), likely renamed to {drop.renamed_to}: {rename}"
+    return f"{drop.what} ({drop.c_type}): {drop.call()}"
+
+
 @dataclass
 class UpdatePlan:
-    """The mapping of every tagged variable, with everything that blocks the update."""
+    """The mapping of every tagged variable, with everything that blocks the update
+    (problems) and the state it throws away (drops)."""
 
     old: Program
     new: Program
     variables: list[VariablePlan]
     type_notes: dict[str, list[str]]
     problems: list[str]
+    drops: list[Drop] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def unacknowledged(self) -> list[Drop]:
+        """What would be dropped without the transformer file saying so."""
+        return [d for d in self.drops if not d.acknowledged]
 
     def for_key(self, key: str) -> VariablePlan | None:
         """The plan of a variable by its identity key."""
@@ -92,6 +140,7 @@ class TypeMatcher:
         self.new = _Types(new.index.types)
         self.transformers = transformers
         self.notes: dict[str, list[str]] = {}
+        self.drops: dict[tuple[str, str], Drop] = {}
         self._memo: dict[tuple[int, int], list[str]] = {}
 
     def problems(self, old_tid: int, new_tid: int, path: str) -> list[str]:
@@ -205,26 +254,78 @@ class TypeMatcher:
     def _compare_members(self, old: TypeInfo, new: TypeInfo, type_name: str) -> Comparison:
         old_fields = {m.name: m for m in old.members if m.name}
         new_fields = {m.name: m for m in new.members if m.name}
+        renamed = {
+            old_name: new_name
+            for (t, old_name), new_name in self.transformers.renamed_fields.items()
+            if t == type_name and old_name in old_fields and new_name in new_fields
+        }
         found: list[str] = []
+        removed = []
         for name, member in old_fields.items():
+            if name in renamed:
+                target = new_fields[renamed[name]]
+                found += yield (member.type, target.type, f".{name}")
+                self._note(type_name, f"field {name} renamed to {renamed[name]}")
+                continue
             if name not in new_fields:
-                self._note(type_name, f"field {name} removed (dropped)")
+                removed.append(member)
                 continue
             if self.transformers.for_field(type_name, name) is not None:
                 self._note(type_name, f"field {name} set by a transformer")
                 continue
             found += yield (member.type, new_fields[name].type, f".{name}")
             self._note_field_type(type_name, name, member.type, new_fields[name].type)
-        for name in new_fields:
-            if name in old_fields:
-                continue
-            if self.transformers.for_field(type_name, name) is not None:
-                self._note(type_name, f"field {name} added (set by a transformer)")
+        added = [
+            m
+            for m in new.members
+            if m.name and m.name not in old_fields and m.name not in renamed.values()
+        ]
+        for member in removed:
+            self._drop_field(type_name, member, old.members, added, new.members)
+        for member in added:
+            if self.transformers.for_field(type_name, member.name) is not None:
+                self._note(type_name, f"field {member.name} added (set by a transformer)")
             else:
-                self._note(type_name, f"field {name} added (keeps v2's initial value)")
+                self._note(type_name, f"field {member.name} added (keeps v2's initial value)")
         if old.kind == "union" and old.size != new.size:
             self._note(type_name, f"union size {old.size} -> {new.size} bytes")
         return found
+
+    def _drop_field(
+        self,
+        type_name: str,
+        member: Member,
+        old_members: list[Member],
+        added: list[Member],
+        new_members: list[Member],
+    ) -> None:
+        """Record a field v2 removed, with the added field that likely renames it: one of
+        the same type at the same offset or position, that no transformer sets."""
+        name = member.name or ""
+        c_type = self.old.name(member.type)
+        position = old_members.index(member)
+        renamed_to = next(
+            (
+                m.name
+                for m in added
+                if self.new.name(m.type) == c_type
+                and (m.offset == member.offset or new_members.index(m) == position)
+                and self.transformers.for_field(type_name, m.name or "") is None
+            ),
+            None,
+        )
+        acknowledged = self.transformers.acknowledges(type_name, name)
+        self.drops[(type_name, name)] = Drop(type_name, name, c_type, acknowledged, renamed_to)
+        how = (
+            "acknowledged"
+            if acknowledged == "drop"
+            else f"replaced by {acknowledged}"
+            if acknowledged
+            else f"likely renamed to {renamed_to}"
+            if renamed_to
+            else "not acknowledged"
+        )
+        self._note(type_name, f"field {name} removed (dropped, {how})")
 
 
 def _symbol_problems(old: Program, new: Program) -> list[str]:
@@ -238,11 +339,21 @@ def _symbol_problems(old: Program, new: Program) -> list[str]:
     )
 
 
-def _counterparts(old: Program, new: Program) -> dict[str, TaggedVariable]:
-    """v2's tagged variable for each v1 key: by key, and for a file static whose source
-    file was renamed, by name when that name is a single file static in both versions."""
+def _counterparts(
+    old: Program, new: Program, transformers: Transformers
+) -> dict[str, TaggedVariable]:
+    """v2's tagged variable for each v1 key: as renamed by the transformer file, by key,
+    and for a file static whose source file was renamed, by name when that name is a
+    single file static in both versions."""
     new_by_key = {t.key: t for t in new.tags}
     found = {t.key: new_by_key[t.key] for t in old.tags if t.key in new_by_key}
+    for tag in old.tags:
+        renamed = transformers.renamed_variables.get(tag.key) or transformers.renamed_variables.get(
+            tag.name
+        )
+        target = next((t for t in new.tags if renamed in (t.key, t.name)), None)
+        if target is not None:
+            found[tag.key] = target
 
     def unique_statics(program: Program) -> dict[str, TaggedVariable]:
         statics = [t for t in program.tags if t.scope == "file_static"]
@@ -274,7 +385,67 @@ def plan_update(old: Program, new: Program, transformers: Transformers) -> Updat
     if data.get("inputs") != inputs:  # computed by other code, or with other transformers
         data = build()
         store(key, data)
-    return _from_cache(old, new, data["plan"])
+    plan = _from_cache(old, new, data["plan"])
+    unmatched = _unmatched(plan, transformers)
+    if unmatched:
+        raise TransformerError(
+            f"the transformer file names what the update does not have: {'; '.join(unmatched)}."
+        )
+    return plan
+
+
+def _field_names(program: Program, type_name: str) -> set[str]:
+    """The field names of a program's struct or union called type_name (empty: no such type)."""
+    tid = program.index.type_by_name(type_name)
+    if tid is None:
+        return set()
+    info = get(program.index.types, strip(program.index.types, tid))
+    return {m.name for m in info.members if m.name}
+
+
+def _unmatched(plan: UpdatePlan, transformers: Transformers) -> list[str]:
+    """What the transformer file registers that matches nothing: a typo there would
+    otherwise leave the state it meant to convert or acknowledge to the defaults."""
+    old, new = plan.old, plan.new
+    found = []
+    for name in transformers.variables:
+        if not any(name in (t.key, t.name) for t in new.tags):
+            found.append(f'@variable("{name}"): v2 has no tagged variable {name}')
+    for name in transformers.types:
+        if old.index.type_by_name(name) is None:
+            found.append(f'@type_("{name}"): v1 has no type {name}')
+    for type_name, name in transformers.fields:
+        if name not in _field_names(new, type_name):
+            found.append(f'@field("{type_name}", "{name}"): v2\'s {type_name} has no field {name}')
+    for (type_name, name), new_name in transformers.renamed_fields.items():
+        if name not in _field_names(old, type_name) or new_name not in _field_names(new, type_name):
+            found.append(
+                f'rename("{type_name}", "{name}", "{new_name}"): v1\'s {type_name} needs a field '
+                f"{name} and v2's a field {new_name}"
+            )
+    for name, new_name in transformers.renamed_variables.items():
+        if not any(name in (t.key, t.name) for t in old.tags) or not any(
+            new_name in (t.key, t.name) for t in new.tags
+        ):
+            found.append(
+                f'rename("{name}", "{new_name}"): v1 needs a tagged variable {name} and v2 '
+                f"one called {new_name}"
+            )
+    for subject, by in transformers.drops.items():
+        if not any(_drops(d, subject) for d in plan.drops):
+            what = ", ".join(f'"{s}"' for s in subject)
+            where = f"drop({what})" if by == "drop" else f"{by} replaces {what}"
+            found.append(f"{where}: the update drops no such state")
+    return found
+
+
+def _drops(drop: Drop, subject: tuple[str, ...]) -> bool:
+    """Whether drop(*subject) names this drop: a variable by key or name, or a field."""
+    if len(subject) == 2:
+        return (drop.type_name, drop.name) == subject
+    return drop.type_name is None and (
+        drop.name == subject[0] or drop.name.endswith(f":{subject[0]}")
+    )
 
 
 def _plan_inputs(transformers: Transformers) -> dict[str, Any]:
@@ -286,12 +457,7 @@ def _plan_inputs(transformers: Transformers) -> dict[str, Any]:
     for module in sorted(package.rglob("*.py")):
         stat = module.stat()
         code.append([str(module.relative_to(package)), stat.st_mtime_ns, stat.st_size])
-    names = [
-        sorted(transformers.variables),
-        sorted(transformers.types),
-        sorted([type_name, field_name] for type_name, field_name in transformers.fields),
-    ]
-    return {"format": PLAN_FORMAT, "code": code, "transformers": names}
+    return {"format": PLAN_FORMAT, "code": code, "transformers": transformers.names()}
 
 
 def _to_cache(plan: UpdatePlan) -> dict[str, Any]:
@@ -308,7 +474,8 @@ def _to_cache(plan: UpdatePlan) -> dict[str, Any]:
         ]
         for v in plan.variables
     ]
-    return {"variables": variables, "type_notes": plan.type_notes}
+    drops = [d.to_json() for d in plan.drops]
+    return {"variables": variables, "type_notes": plan.type_notes, "drops": drops}
 
 
 def _from_cache(old: Program, new: Program, data: dict[str, Any]) -> UpdatePlan:
@@ -328,28 +495,30 @@ def _from_cache(old: Program, new: Program, data: dict[str, Any]) -> UpdatePlan:
         for key, name, old_key, new_key, action, notes, problems in data["variables"]
     ]
     problems = [p for v in variables for p in v.problems]
-    return UpdatePlan(old, new, variables, data["type_notes"], problems)
+    drops = [Drop(*d) for d in data["drops"]]
+    return UpdatePlan(old, new, variables, data["type_notes"], problems, drops)
 
 
 def _compute_plan(old: Program, new: Program, transformers: Transformers) -> UpdatePlan:
     """The plan itself: each tagged variable of old, its counterpart and its problems."""
     matcher = TypeMatcher(old, new, transformers)
-    counterparts = _counterparts(old, new)
+    counterparts = _counterparts(old, new, transformers)
     unmatched = {t.key: t for t in new.tags if t not in counterparts.values()}
     variables: list[VariablePlan] = []
+    drops: list[Drop] = []
     for tag in old.tags:
         target = counterparts.get(tag.key)
         key = target.key if target is not None else tag.key
-        produced = transformers.for_variable(key, tag.name)
+        produced = transformers.for_variable(key, tag.name) if target is not None else None
         if produced is not None:
             variables.append(VariablePlan(key, tag.name, tag, target, "transformer"))
             continue
         if target is None:
-            variables.append(
-                VariablePlan(
-                    key, tag.name, tag, None, "dropped", notes=["v2 has no such tagged variable"]
-                )
-            )
+            drop = _drop_variable(tag, unmatched.values(), transformers)
+            drops.append(drop)
+            note = f"likely renamed to {drop.renamed_to}" if drop.renamed_to else None
+            notes = ["v2 has no such tagged variable", *filter(None, [note])]
+            variables.append(VariablePlan(key, tag.name, tag, None, "dropped", notes=notes))
             continue
         plan = VariablePlan(key, tag.name, tag, target, "transfer")
         plan.problems = matcher.problems(tag.variable.type, target.variable.type, tag.name)
@@ -364,4 +533,26 @@ def _compute_plan(old: Program, new: Program, transformers: Transformers) -> Upd
     gone = _symbol_problems(old, new)
     if gone:
         matcher.notes["functions"] = [f"gone in v2 (pointers to them fail): {', '.join(gone)}"]
-    return UpdatePlan(old, new, variables, matcher.notes, problems)
+    drops += matcher.drops.values()
+    return UpdatePlan(old, new, variables, matcher.notes, problems, drops)
+
+
+def _drop_variable(
+    tag: TaggedVariable, added: Iterable[TaggedVariable], transformers: Transformers
+) -> Drop:
+    """A tagged variable v2 lacks, with the variable v2 adds that likely renames it: one
+    of the same type and scope, in the same function, that no transformer makes."""
+    var = tag.variable
+    renamed_to = next(
+        (
+            t.key
+            for t in added
+            if t.c_type == tag.c_type
+            and t.scope == var.scope
+            and t.variable.function == var.function
+            and transformers.for_variable(t.key, t.name) is None
+        ),
+        None,
+    )
+    acknowledged = transformers.acknowledges(tag.key) or transformers.acknowledges(tag.name)
+    return Drop(None, tag.key, tag.c_type, acknowledged, renamed_to)

@@ -13,6 +13,11 @@ A transformer file (`--xform FILE.py`) registers functions with these decorators
     @type_("struct entry")             # a whole old struct -> dict of v2 fields
     def entry(old_entry, ctx): ...
 
+    rename("struct stats", "owner", "user")  # v1's field `owner` is v2's `user`
+    rename("hits", "nhits")                  # v1's tagged `hits` is v2's `nhits`
+    drop("struct stats", "debug")            # v2 has no `debug`: throw it away, knowingly
+    drop("main:scratch")                     # the same for a tagged variable
+
 `old` is a read-only view of the v1 value (see `View`); `ctx` is a `Context`.
 A function returns the new value: an int, float, str or bytes, None (NULL),
 a dict (struct fields by name), a list (array elements), an enumerator name,
@@ -56,6 +61,13 @@ class Transformers:
     variables: dict[str, TransformerFn] = dataclass_field(default_factory=dict)
     types: dict[str, TransformerFn] = dataclass_field(default_factory=dict)
     fields: dict[tuple[str, str], TransformerFn] = dataclass_field(default_factory=dict)
+    drops: dict[tuple[str, ...], str] = dataclass_field(default_factory=dict)
+    """What may be dropped, (variable key or name,) or (type name, field name), and what
+    says so: drop(...), or the transformer that replaces it."""
+    renamed_fields: dict[tuple[str, str], str] = dataclass_field(default_factory=dict)
+    """(type name, v1 field) -> the v2 field of the same struct that takes its value."""
+    renamed_variables: dict[str, str] = dataclass_field(default_factory=dict)
+    """v1 variable key or name -> the key or name of the v2 tagged variable that takes it."""
 
     def for_variable(self, key: str, name: str) -> TransformerFn | None:
         """The transformer of a variable, registered by its key or plain name."""
@@ -66,6 +78,33 @@ class Transformers:
 
     def for_field(self, type_name: str, field_name: str) -> TransformerFn | None:
         return self.fields.get((type_name, field_name))
+
+    def renamed_from(self, type_name: str, field_name: str) -> str | None:
+        """The v1 field that v2's field `field_name` of `type_name` was renamed from."""
+        return next(
+            (
+                old
+                for (t, old), new in self.renamed_fields.items()
+                if (t, new) == (type_name, field_name)
+            ),
+            None,
+        )
+
+    def acknowledges(self, *subject: str) -> str:
+        """What in the file lets this be dropped ('' if nothing): drop(key or name),
+        drop(type, field), or a transformer registered with replaces=."""
+        return self.drops.get(subject, "")
+
+    def names(self) -> list[list[Any]]:
+        """Every name the file registers, as JSON (what a cached plan depends on)."""
+        return [
+            sorted(self.variables),
+            sorted(self.types),
+            sorted([t, f] for t, f in self.fields),
+            sorted([*d, by] for d, by in self.drops.items()),
+            sorted([t, old, new] for (t, old), new in self.renamed_fields.items()),
+            sorted([old, new] for old, new in self.renamed_variables.items()),
+        ]
 
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -97,30 +136,85 @@ def run_transformer(fn: TransformerFn, target: str, old: Any, ctx: Any) -> Any:
 _loading: Transformers | None = None
 
 
+def _loading_file() -> Transformers:
+    """The registry of the transformer file being imported."""
+    if _loading is None:
+        raise TransformerError("the transformer API works only in a file given to --xform.")
+    return _loading
+
+
 def _registrar(register: Callable[[Transformers, TransformerFn], None]) -> Callable:
     def decorator(fn: TransformerFn) -> TransformerFn:
-        if _loading is None:
-            raise TransformerError("transformer decorators work only in a file given to --xform.")
-        register(_loading, fn)
+        register(_loading_file(), fn)
         return fn
 
     return decorator
 
 
-def variable(name: str) -> Callable[[TransformerFn], TransformerFn]:
-    """Register fn(old_value_or_None, ctx) as the producer of v2's tagged variable `name`."""
-    return _registrar(lambda t, fn: t.variables.__setitem__(name, fn))
+def _normal(type_name: str) -> str:
+    return " ".join(type_name.split())
+
+
+def variable(
+    name: str, replaces: str | tuple[str, ...] = ()
+) -> Callable[[TransformerFn], TransformerFn]:
+    """Register fn(old_value_or_None, ctx) as the producer of v2's tagged variable `name`;
+    `replaces` names v1 variables v2 lacks that it takes the place of (not dropped, then)."""
+
+    def register(t: Transformers, fn: TransformerFn) -> None:
+        t.variables[name] = fn
+        t.drops.update({(old,): f'@variable("{name}")' for old in _names(replaces)})
+
+    return _registrar(register)
 
 
 def type_(type_name: str) -> Callable[[TransformerFn], TransformerFn]:
     """Register fn(old_value, ctx) converting every value of old type `type_name`."""
-    return _registrar(lambda t, fn: t.types.__setitem__(" ".join(type_name.split()), fn))
+    return _registrar(lambda t, fn: t.types.__setitem__(_normal(type_name), fn))
 
 
-def field(type_name: str, field_name: str) -> Callable[[TransformerFn], TransformerFn]:
-    """Register fn(old_struct, ctx) giving v2's field `field_name` of `type_name`."""
-    key = (" ".join(type_name.split()), field_name)
-    return _registrar(lambda t, fn: t.fields.__setitem__(key, fn))
+def field(
+    type_name: str, field_name: str, replaces: str | tuple[str, ...] = ()
+) -> Callable[[TransformerFn], TransformerFn]:
+    """Register fn(old_struct, ctx) giving v2's field `field_name` of `type_name`;
+    `replaces` names v1 fields v2 lacks that it takes the place of (not dropped, then)."""
+    key = (_normal(type_name), field_name)
+
+    def register(t: Transformers, fn: TransformerFn) -> None:
+        t.fields[key] = fn
+        by = f'@field("{key[0]}", "{field_name}")'
+        t.drops.update({(key[0], old): by for old in _names(replaces)})
+
+    return _registrar(register)
+
+
+def _names(names: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (names,) if isinstance(names, str) else tuple(names)
+
+
+def drop(*subject: str) -> None:
+    """Acknowledge that the update throws state away: `drop("main:scratch")` for a tagged
+    variable v2 no longer has, `drop("struct stats", "debug")` for a field v2 removed.
+    Without it (or `attach --allow-drop`) an update that drops state is refused."""
+    if len(subject) not in (1, 2):
+        raise TransformerError(
+            'drop() takes a variable, or a type and a field: drop("struct s", "f").'
+        )
+    key = (_normal(subject[0]), subject[1]) if len(subject) == 2 else subject
+    _loading_file().drops[key] = "drop"
+
+
+def rename(*names: str) -> None:
+    """Say what v1 state became in v2: `rename("struct stats", "owner", "user")` for a field,
+    `rename("hits", "nhits")` for a tagged variable; the value is converted as usual."""
+    if len(names) == 3:
+        _loading_file().renamed_fields[(_normal(names[0]), names[1])] = names[2]
+    elif len(names) == 2:
+        _loading_file().renamed_variables[names[0]] = names[1]
+    else:
+        raise TransformerError(
+            'rename() takes a type and two fields, or two variables: rename("struct s", "a", "b").'
+        )
 
 
 def load_transformers(path: str | None) -> Transformers:

@@ -35,6 +35,8 @@ from ekiden_trace.state.snapshot import (
 from ekiden_trace.state.views import Context, New, NewProcess, View, wrap
 
 Unit = HeapObject | New
+_MemberSource = tuple[Member, TransformerFn | None, str]
+"""A v2 member, the field transformer that makes it (if any), and the v1 field it takes."""
 
 
 def _key(unit: Unit) -> int | New:
@@ -81,7 +83,7 @@ class Encoder:
         # Per-type facts, worked out once: encoding runs once per field of every object.
         self._infos: dict[int | None, TypeInfo] = {}
         self._ranges: dict[int, tuple[int, int]] = {}
-        self._struct_plans: dict[int, tuple[str, list[tuple[Member, TransformerFn | None]]]] = {}
+        self._struct_plans: dict[int, tuple[str, list[_MemberSource]]] = {}
         self._pointer_members: dict[int, list[Member]] = {}
         self.objects_written = 0
         self.bytes_written = 0
@@ -153,9 +155,11 @@ class Encoder:
             fields = value.fields if isinstance(value, StructValue) else value
             if isinstance(value, StructValue) and self.transformers.for_type(value.type_name):
                 return
+            sources = {m.name: source for m, _, source in self._struct_plan(info)[1]}
             for member in self._members_with_pointers(info):
-                if member.name in fields:
-                    self._discover(fields[member.name], member.type, found, depth + 1)
+                source = sources.get(member.name, member.name)
+                if source in fields:
+                    self._discover(fields[source], member.type, found, depth + 1)
         elif isinstance(value, UnionValue) and info.kind == "union" and value.active:
             member = next((m for m in info.members if m.name == value.active), None)
             if member is not None and value.active in value.members:
@@ -375,13 +379,13 @@ class Encoder:
             raise ConversionError(f"{path}: expected a struct, got {type(value).__name__}.")
         name, members = self._struct_plan(info)
         old_view = View(value, self.snapshot, name) if isinstance(value, StructValue) else None
-        for member, produce in members:
+        for member, produce, source in members:
             if produce is not None:
                 new_value = run_transformer(
                     produce, f"{name}.{member.name}", old_view, self.context
                 )
-            elif member.name in fields:
-                new_value = fields[member.name]
+            elif source in fields:
+                new_value = fields[source]
             else:
                 continue  # a field v1 lacks keeps its initial value
             where = f"{path}.{member.name}"
@@ -390,14 +394,19 @@ class Encoder:
             else:
                 self.encode(new_value, member.type, buf, offset + member.offset, where)
 
-    def _struct_plan(self, info: TypeInfo) -> tuple[str, list[tuple[Member, TransformerFn | None]]]:
+    def _struct_plan(self, info: TypeInfo) -> tuple[str, list[_MemberSource]]:
         """A struct's C name and its named members, each with the field transformer
-        that produces it, if any."""
+        that produces it, if any, and the old field it takes (its own name, or the
+        field it was renamed from)."""
         plan = self._struct_plans.get(info.id)
         if plan is None:
             name = c_name(self.types, info.id)
-            produce = self.transformers.for_field
-            members = [(m, produce(name, m.name)) for m in info.members if m.name]
+            produce, renamed = self.transformers.for_field, self.transformers.renamed_from
+            members = [
+                (m, produce(name, m.name), renamed(name, m.name) or m.name)
+                for m in info.members
+                if m.name
+            ]
             plan = self._struct_plans[info.id] = (name, members)
         return plan
 

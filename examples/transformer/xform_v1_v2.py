@@ -1,18 +1,16 @@
 """bank v1 -> v2: `name` became `owner`, euros became cents, and a new total.
 
-Without this file the update would run, but v2's accounts would have no owner
-and no money: `diff` lists v1's fields as dropped and v2's as initial values.
+Without this file the update is refused: v1's `name` and `balance` would be
+dropped (`diff` lists them, flags `name` as likely renamed to `owner`, and
+shows v2's fields keeping their initial values).
 """
 
-from ekiden_trace.xform import field, variable
+from ekiden_trace.xform import field, rename, variable
+
+rename("struct account", "name", "owner")  # the same char [16] under a new name
 
 
-@field("struct account", "owner")  # v2's field, from each old struct account
-def owner(old_account, ctx):
-    return old_account.name.text  # a str fills a char array
-
-
-@field("struct account", "cents")
+@field("struct account", "cents", replaces="balance")  # v2's field, from each old account
 def cents(old_account, ctx):
     return old_account.balance * 100
 

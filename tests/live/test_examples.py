@@ -44,10 +44,13 @@ def test_marking_a_server_keeps_its_client_and_its_count() -> None:
 def test_transformer_carries_renamed_and_rescaled_fields() -> None:
     out = run_example("transformer/update_bank.py")
     without, with_xform, rest = out.split("$ ekiden-trace ")[1:4]
-    assert "struct account: field owner added (keeps v2's initial value)" in without
+    assert "diff bank_v1 bank_v2   (exit 9)" in without  # it would drop state
+    assert "struct account: field name removed (dropped, likely renamed to owner)" in without
     assert "bank_v2.c:total_cents              initialised by v2" in without
-    assert "struct account: field owner added (set by a transformer)" in with_xform
+    assert "diff bank_v1 bank_v2 --xform xform_v1_v2.py   (exit 0)" in with_xform
+    assert "struct account: field name renamed to owner" in with_xform
     assert "struct account: field cents added (set by a transformer)" in with_xform
+    assert 'balance removed (dropped, replaced by @field("struct account", "cents"))' in with_xform
     assert "bank_v2.c:total_cents              transformer" in with_xform
     assert "v1> list: ada: 12 euros | grace: 30 euros | end" in out
     assert re.search(r"attach \d+ .*\(exit 0\)", rest), rest

@@ -23,13 +23,17 @@ def copy_of(version: str, tmp: Path, mode: int, uid: int = 0) -> Path:
     return path
 
 
+# kvstore v1 -> v2 drops state: --allow-drop, as what is tested here comes after that check
+ALLOW_DROP = "--allow-drop"
+
+
 def test_binary_writable_by_others_needs_force(tmp_path: Path) -> None:
     new = copy_of("v2", tmp_path, 0o757)
     with start_server(fixture_binary("kvstore", "v1")) as server, KvClient(server.port) as client:
-        refused = run_tool("attach", str(server.pid), "--new", str(new))
+        refused = run_tool("attach", str(server.pid), "--new", str(new), ALLOW_DROP)
         assert refused.returncode == 2 and "writable by any user" in refused.stderr
         assert client.stats()["version"] == 1
-        forced = run_tool("attach", str(server.pid), "--new", str(new), "--force")
+        forced = run_tool("attach", str(server.pid), "--new", str(new), "--force", ALLOW_DROP)
         assert forced.returncode == 0, forced.stderr
         assert client.stats()["version"] == 2
 
@@ -37,10 +41,11 @@ def test_binary_writable_by_others_needs_force(tmp_path: Path) -> None:
 def test_binary_owned_by_another_user_needs_force(tmp_path: Path) -> None:
     new = copy_of("v2", tmp_path, 0o755, uid=65534)
     with start_server(fixture_binary("kvstore", "v1")) as server, KvClient(server.port) as client:
-        refused = run_tool("attach", str(server.pid), "--new", str(new))
+        refused = run_tool("attach", str(server.pid), "--new", str(new), ALLOW_DROP)
         assert refused.returncode == 2 and "owned by uid 65534" in refused.stderr
         assert client.stats()["version"] == 1
-        assert run_tool("attach", str(server.pid), "--new", str(new), "--force").returncode == 0
+        forced = run_tool("attach", str(server.pid), "--new", str(new), "--force", ALLOW_DROP)
+        assert forced.returncode == 0
 
 
 def test_binary_swapped_after_its_check_is_not_kept(tmp_path: Path) -> None:

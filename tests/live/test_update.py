@@ -165,7 +165,7 @@ def test_report_text_lists_phases_and_pause() -> None:
 def test_failure_after_exec_rolls_back(
     new: tuple[str, str], xform: str | None, words: str, tmp_path: Path
 ) -> None:
-    args = ["--timeout", "2"]
+    args = ["--timeout", "2", "--allow-drop"]  # v1 -> v2 drops state; not what is tested here
     if xform == "raising":
         script = tmp_path / "raising.py"
         script.write_text(
@@ -195,9 +195,9 @@ def test_failed_state_write_rolls_back() -> None:
     with start_server(fixture_binary("kvstore", "v1")) as server, KvClient(server.port) as client:
         client.set("a", "b")
         env = {"EKIDEN_TRACE_FAULT": "restore-write"}
-        result = run_tool(
-            "attach", str(server.pid), "--new", str(fixture_binary("kvstore", "v2")), env=env
-        )
+        new = str(fixture_binary("kvstore", "v2"))
+        xform = str(XFORMS / "xform_v1_v2.py")
+        result = run_tool("attach", str(server.pid), "--new", new, "--xform", xform, env=env)
         assert result.returncode == 11, result.stderr
         assert "rolled back" in result.stderr
         assert client.get("a") == "b"

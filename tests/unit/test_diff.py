@@ -8,6 +8,7 @@ import subprocess
 import textwrap
 from pathlib import Path
 
+import pytest
 from clients import fixture_binary
 from conftest import REPO, compile_marked, run_tool, tool_json
 
@@ -18,17 +19,21 @@ def diff(old: Path, new: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return run_tool("diff", str(old), str(new), *extra)
 
 
-def test_kvstore_v1_v2_shows_every_change() -> None:
+def test_kvstore_v1_v2_shows_every_change_and_what_it_drops() -> None:
     result = diff(fixture_binary("kvstore", "v1"), fixture_binary("kvstore", "v2"))
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 9, result.stderr  # state would be dropped
     out = result.stdout
     for expected in (
-        "struct table: field count removed (dropped)",
+        "struct table: field count removed (dropped, likely renamed to nentries)",
         "struct table: field nentries added (keeps v2's initial value)",
         "struct entry: field hits added",
-        "struct server_config: field histogram removed (dropped)",
+        "struct server_config: field histogram removed (dropped, not acknowledged)",
         "struct limits: field max_value_len: int -> long (widened)",
-        "the update can be done",
+        'struct table.count (size_t), likely renamed to nentries: rename("struct table", '
+        '"count", "nentries")',
+        'struct server_config.histogram (unsigned long [8]): drop("struct server_config", '
+        '"histogram")',
+        "the update drops state no transformer file acknowledges",
     ):
         assert expected in out, expected
 
@@ -41,7 +46,78 @@ def test_transformer_file_changes_the_report() -> None:
         str(XFORMS / "xform_v1_v2.py"),
     )
     assert result.returncode == 0
-    assert "field nentries added (set by a transformer)" in result.stdout
+    assert "struct table: field count renamed to nentries" in result.stdout
+    assert "struct server_config.histogram (unsigned long [8]), acknowledged" in result.stdout
+    assert "the update can be done" in result.stdout
+
+
+RENAME = REPO / "fixtures" / "rename"
+
+
+def test_renamed_field_and_variable_are_flagged_as_likely_renames() -> None:
+    """fixtures/rename: v2 renames a field and a local and removes a field."""
+    result = diff(fixture_binary("rename", "v1"), fixture_binary("rename", "v2"), "--json")
+    assert result.returncode == 9  # state would be dropped
+    plan = json.loads(result.stdout)
+    assert plan["ok"] is True
+    assert [(d["what"], d["acknowledged"], d["likely_renamed_to"]) for d in plan["drops"]] == [
+        ("main:client_fd", False, "main:conn_fd"),
+        ("struct stats.owner", False, "user"),
+        ("struct stats.debug_bytes", False, None),
+    ]
+
+    fixed = diff(
+        fixture_binary("rename", "v1"),
+        fixture_binary("rename", "v2"),
+        "--xform",
+        str(RENAME / "xform_v1_v2.py"),
+        "--json",
+    )
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    plan = json.loads(fixed.stdout)
+    actions = {v["key"]: v["action"] for v in plan["variables"]}
+    assert actions["main:conn_fd"] == "transfer"  # v1's client_fd, renamed
+    assert plan["types"]["struct stats"] == [
+        "field owner renamed to user",
+        "field debug_bytes removed (dropped, acknowledged)",
+    ]
+    assert [(d["what"], d["acknowledged"]) for d in plan["drops"]] == [
+        ("struct stats.debug_bytes", True)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        (
+            'drop("struct stats", "debug")',
+            'drop("struct stats", "debug"): the update drops no such',
+        ),
+        ('drop("served")', 'drop("served"): the update drops no such state'),
+        ('rename("struct stats", "owner", "usr")', "v2's a field usr"),
+        ('rename("client_fd", "conn")', "one called conn"),
+        (
+            "@field('struct stats', 'users')\ndef f(old, ctx): return 0",
+            "v2's struct stats has no field users",
+        ),
+        ("@type_('struct stat')\ndef f(old, ctx): return 0", "v1 has no type struct stat"),
+        ("@variable('stat')\ndef f(old, ctx): return 0", "v2 has no tagged variable stat"),
+    ],
+)
+def test_transformer_keys_that_match_nothing_are_errors(
+    tmp_path: Path, line: str, words: str
+) -> None:
+    xform = tmp_path / "typo.py"
+    xform.write_text(
+        "from ekiden_trace.xform import drop, field, rename, type_, variable\n" + line + "\n"
+    )
+    result = diff(
+        fixture_binary("rename", "v1"), fixture_binary("rename", "v2"), "--xform", str(xform)
+    )
+    assert result.returncode == 7, result.stdout
+    assert words in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1  # one sentence
 
 
 def test_new_tag_is_initialised_by_v2() -> None:

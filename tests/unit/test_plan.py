@@ -59,19 +59,24 @@ def test_kvstore_v1_v2_transfers_everything_and_notes_each_changed_type() -> Non
             "field max_value_len: int -> long (widened)",
             "field max_key_len added (keeps v2's initial value)",
         ],
-        "struct server_config": ["field histogram removed (dropped)"],
+        "struct server_config": ["field histogram removed (dropped, not acknowledged)"],
         "struct entry": ["field hits added (keeps v2's initial value)"],
         "struct table": [
-            "field count removed (dropped)",
+            "field count removed (dropped, likely renamed to nentries)",
             "field nentries added (keeps v2's initial value)",
         ],
     }
+    assert [(d.what, d.acknowledged, d.renamed_to) for d in update.unacknowledged] == [
+        ("struct server_config.histogram", False, None),
+        ("struct table.count", False, "nentries"),
+    ]
 
 
-def test_field_transformer_of_v1_v2_fills_the_renamed_field() -> None:
+def test_rename_of_v1_v2_fills_the_renamed_field_and_acknowledges_the_drop() -> None:
     update = plan("kvstore", "v1", "v2", "xform_v1_v2.py")
-    assert update.ok
-    assert "field nentries added (set by a transformer)" in update.type_notes["struct table"]
+    assert update.ok and update.unacknowledged == []
+    assert update.type_notes["struct table"] == ["field count renamed to nentries"]
+    assert [d.what for d in update.drops] == ["struct server_config.histogram"]
     assert actions(update)["table"] == "transfer"  # the rest of the table moves by itself
 
 
@@ -131,7 +136,8 @@ def test_counter_tag_added_in_v2_and_dropped_on_the_way_back() -> None:
     assert actions(back)["main:nlines"] == "dropped"
     dropped = back.for_key("main:nlines")
     assert dropped is not None and dropped.notes == ["v2 has no such tagged variable"]
-    assert forward.ok and back.ok
+    assert [d.what for d in back.unacknowledged] == ["main:nlines"]
+    assert forward.ok and back.ok and forward.drops == []
 
 
 @pytest.mark.parametrize(
