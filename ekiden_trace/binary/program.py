@@ -7,7 +7,7 @@ Everything here is computed before any process is touched, and its slow part
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -38,6 +38,7 @@ class TaggedVariable:
     c_type: str
     declaration: str
     size: int | None
+    in_unit: bool = False  # the key names the compilation unit: the function's is ambiguous
 
     @property
     def name(self) -> str:
@@ -49,12 +50,16 @@ class TaggedVariable:
 
     @property
     def key(self) -> str:
-        """Identity across versions: by name, by compilation unit, or by function."""
+        """Identity across versions: `name` for a global, `unit:name` for a file static,
+        `function:name` for a function static or local, `unit:function:name` when
+        another unit has a function of the same name with the same tagged name."""
         var = self.variable
         if var.scope == "global":
             return var.name
         if var.scope == "file_static":
             return f"{var.cu}:{var.name}"
+        if self.in_unit:
+            return f"{var.cu}:{var.function}:{var.name}"
         return f"{var.function}:{var.name}"
 
     def describe_scope(self) -> str:
@@ -138,8 +143,9 @@ class Program:
 
     @cached_property
     def tags(self) -> list[TaggedVariable]:
-        """Tagged variables, each once, resolved as C resolves the name at the tag."""
-        found: dict[str, TaggedVariable] = {}
+        """Tagged variables, each once, resolved as C resolves the name at the tag; keys
+        name the compilation unit where two units' functions share a name."""
+        found: dict[tuple[str, str | None, str, str], TaggedVariable] = {}
         for mark in self.marks.tags:
             var = self.index.resolve(mark.pc, mark.name, mark.file)
             if var is None:
@@ -156,5 +162,7 @@ class Program:
                 c_name(types, var.type, var.name),
                 byte_size(types, var.type),
             )
-            found.setdefault(tagged.key, tagged)
-        return sorted(found.values(), key=lambda t: (t.scope != "global", t.key))
+            found.setdefault((var.cu, var.function, var.name, var.scope), tagged)
+        keys = [t.key for t in found.values()]
+        tags = [replace(t, in_unit=keys.count(t.key) > 1) for t in found.values()]
+        return sorted(tags, key=lambda t: (t.scope != "global", t.key))
