@@ -114,7 +114,8 @@ def case_args(case: str, pid: int, tmp: Path) -> tuple[list[str], int, str]:
     if case == "unknown point for inspect":
         return ["inspect", "--point", "nowhere", str(pid)], 2, "no update point named nowhere"
     if case == "state needs a transformer":
-        return [*new, str(fixture_binary("kvstore", "v3"))], 10, "djb2"
+        # --allow-drop: v1 -> v3 also drops state, refused (exit 9) before this check
+        return [*new, str(fixture_binary("kvstore", "v3")), "--allow-drop"], 10, "djb2"
     if case == "--now with --point":
         return ["inspect", "--point", "poll_loop", "--timeout", "0.3", "--now", str(pid)], 64, ""
     if case == "negative timeout":
