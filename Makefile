@@ -39,7 +39,7 @@ $(VENV)/.installed: pyproject.toml
 
 fixtures: system-packages $(FIXTURES)
 
-fixtures/%: fixtures/%.c probes/ekiden.h
+fixtures/%: fixtures/%.c probes/ekiden.h fixtures/lines.h
 	$(CC) $(FIXTURE_CFLAGS) $< -o $@
 
 # The same fixture with every mark compiled out, for the benchmarks' overhead ratios.

@@ -232,8 +232,9 @@ class Restorer:
                 return
             value = old.value
         fault_point("restore-write")
-        static = tag.variable.location["kind"] == "addr"
-        buf = bytearray(self.tracee.read(addr, size) if static else bytes(size))
+        # The base is v2's memory at the tag, whatever the scope: what the transferred value
+        # does not cover (a new field) keeps what v2's own code put there.
+        buf = bytearray(self.tracee.read(addr, size))
         if not self._heap_written:
             self._write_carried_heap()
         self.encoder.materialise([(value, tag.variable.type)])
