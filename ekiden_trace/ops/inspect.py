@@ -27,7 +27,11 @@ class InspectOptions:
 def _stop_location(live: LiveProcess, frames: list[Frame], point: str | None) -> StopLocation:
     """Where the program's own code stands: the innermost frame of the program that is not
     the marks' slow path (at --now that may be below library frames, e.g. poll)."""
-    names = [live.code_name(frame.lookup_pc) for frame in frames]
+    named: dict[int, str] = {}  # a deep recursion repeats its pcs
+    names = [
+        named.get(f.lookup_pc) or named.setdefault(f.lookup_pc, live.code_name(f.lookup_pc))
+        for f in frames
+    ]
     if point and names and names[0] == STOP_FUNCTION:
         frames, names = frames[1:], names[1:]
     own = next((f for f in frames if live.region(f.lookup_pc) == "code"), None)

@@ -13,9 +13,7 @@ from collections import deque
 from ekiden_trace.binary.program import TaggedVariable
 from ekiden_trace.errors import EkidenError
 from ekiden_trace.state.decode import MAX_STRING, Decoder, HeapPointer, is_char
-from ekiden_trace.state.locate import (
-    locate,
-)
+from ekiden_trace.state.locate import Absent, locate
 from ekiden_trace.state.snapshot import (
     ArrayValue,
     CapturedVariable,
@@ -29,7 +27,7 @@ from ekiden_trace.state.snapshot import (
 )
 from ekiden_trace.target.address_space import LiveProcess
 from ekiden_trace.target.tracee import MemoryAccessError
-from ekiden_trace.target.unwind import Frame
+from ekiden_trace.target.unwind import Frames
 
 MAX_OBJECTS = 5_000_000
 MAX_BYTES = 2 << 30
@@ -63,7 +61,7 @@ class Capturer:
         self.decoder = Decoder(live, self._read, self._queue.append)
         self.bytes_read = 0
 
-    def capture(self, stop: StopLocation, frames: list[Frame]) -> Snapshot:
+    def capture(self, stop: StopLocation, frames: Frames) -> Snapshot:
         """Capture every tagged variable and the heap it reaches."""
         variables = [self._variable(tag, frames) for tag in self.program.tags]
         for var in variables:
@@ -80,7 +78,7 @@ class Capturer:
             bytes_read=self.bytes_read,
         )
 
-    def _variable(self, tag: TaggedVariable, frames: list[Frame]) -> CapturedVariable:
+    def _variable(self, tag: TaggedVariable, frames: Frames) -> CapturedVariable:
         var = tag.variable
         captured = CapturedVariable(
             name=var.name,
@@ -95,8 +93,8 @@ class Capturer:
             value=None,
         )
         where = locate(self.live, tag, frames)
-        if isinstance(where, str):
-            captured.absent = where
+        if isinstance(where, Absent):
+            captured.absent, captured.lost = where.reason, where.lost
             return captured
         if isinstance(where, int):
             captured.address = where

@@ -1,4 +1,5 @@
-"""The checks a captured snapshot must pass before the exec: every pointer explained."""
+"""The checks a captured snapshot must pass before the exec: every tagged variable read,
+every pointer explained."""
 
 from __future__ import annotations
 
@@ -47,13 +48,20 @@ def _may_have_problems(snapshot: Snapshot, symbols: dict) -> bool:
 
 
 def check_snapshot(plan: UpdatePlan, snapshot: Snapshot) -> list[str]:
-    """Pointers of the captured state that cannot be carried over, with their paths.
+    """What of the captured state cannot be carried over: tagged variables that exist but
+    could not be read, and pointers, with their paths.
 
     Every variable is checked, not only those v2 takes automatically: a rollback
     restores the whole snapshot into v1 again.  Symbols are checked against v2
     for the variables converted automatically.  Runs during the pause but before
     the exec, so a refusal leaves v1 untouched.
     """
+    lost = [f"`{v.key}` cannot be read: {v.absent}" for v in snapshot.variables if v.lost]
+    return (lost + _pointer_problems(plan, snapshot))[:20]
+
+
+def _pointer_problems(plan: UpdatePlan, snapshot: Snapshot) -> list[str]:
+    """Pointers of the captured state that cannot be carried over, with their paths."""
     new_symbols = plan.new.symbols.by_name
     if not _may_have_problems(snapshot, new_symbols):
         return []
@@ -91,4 +99,4 @@ def check_snapshot(plan: UpdatePlan, snapshot: Snapshot) -> list[str]:
 
     for var in sorted(snapshot.variables, key=lambda v: v.key not in transferred):
         visit(var.value, var.name, var.key in transferred)
-    return problems[:20]
+    return problems

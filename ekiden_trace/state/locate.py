@@ -7,7 +7,8 @@ expression, or a list of them by pc range, evaluated with that frame's registers
 
 from __future__ import annotations
 
-from dataclasses import replace
+import functools
+from dataclasses import dataclass, replace
 
 from ekiden_trace.binary.dwarf.expr import (
     ExprContext,
@@ -22,17 +23,31 @@ from ekiden_trace.binary.dwarf.index import DebugIndex
 from ekiden_trace.binary.dwarf.model import Variable
 from ekiden_trace.binary.program import TaggedVariable
 from ekiden_trace.target.address_space import LiveProcess
-from ekiden_trace.target.unwind import Frame
+from ekiden_trace.target.unwind import Frame, Frames
 
 
-def frame_functions(index: DebugIndex, frame: Frame, bias: int) -> list[str]:
+@dataclass(frozen=True)
+class Absent:
+    """Why a tagged variable has no value in the stopped process.  `lost` unless its
+    function is simply not running (then there is nothing to carry over): the variable
+    exists but cannot be read, and an update must not go on without it."""
+
+    reason: str
+    lost: bool = True
+
+
+def frame_functions(index: DebugIndex, frame: Frame, bias: int) -> tuple[str, ...]:
     """The functions a frame stands in, innermost first: those inlined at its pc, then the
     out-of-line function itself (empty when no function of the program covers the pc)."""
-    lookup_pc = frame.lookup_pc - bias
-    function = index.function_at(lookup_pc)
+    return _functions_at(index, frame.lookup_pc - bias)
+
+
+@functools.lru_cache(maxsize=4096)  # a deep recursion asks for the same pcs again and again
+def _functions_at(index: DebugIndex, link_pc: int) -> tuple[str, ...]:
+    function = index.function_at(link_pc)
     if function is None:
-        return []
-    return [*index.inline_chain_at(lookup_pc), function.name]
+        return ()
+    return (*index.inline_chain_at(link_pc), function.name)
 
 
 def static_address(var: Variable, bias: int) -> int | None:
@@ -42,19 +57,19 @@ def static_address(var: Variable, bias: int) -> int | None:
     return None
 
 
-def locate(live: LiveProcess, tag: TaggedVariable, frames: list[Frame]) -> int | bytes | str:
+def locate(live: LiveProcess, tag: TaggedVariable, frames: Frames) -> int | bytes | Absent:
     """Where a tagged variable is: its address in memory; its value's bytes when it lives
-    outside memory (in a register, or computed); or, as a sentence, why it has neither."""
+    outside memory (in a register, or computed); or why it has neither."""
     address = static_address(tag.variable, live.bias)
     if address is not None:
         return address
     try:
         return _locate_local(live, tag, frames)
     except (Unsupported, ValueUnknown) as exc:
-        return f"its location cannot be evaluated here ({exc})"
+        return Absent(f"its location cannot be evaluated here ({exc})")
 
 
-def _locate_local(live: LiveProcess, tag: TaggedVariable, frames: list[Frame]) -> int | bytes | str:
+def _locate_local(live: LiveProcess, tag: TaggedVariable, frames: Frames) -> int | bytes | Absent:
     """A local in the innermost frame that stands in its function."""
     var = tag.variable
     index, bias = live.program.index, live.bias
@@ -67,11 +82,9 @@ def _locate_local(live: LiveProcess, tag: TaggedVariable, frames: list[Frame]) -
         expr = _location_for_pc(var.location, lookup_pc)
         if expr is None:
             home = _stack_home(live, var, function.frame_base, frame)
-            return (
-                home
-                if home is not None
-                else f"it is optimised out at {function.name}'s current line"
-            )
+            if home is not None:
+                return home
+            return Absent(f"it is optimised out at {function.name}'s current line")
         frame_base = _frame_base(live, function.frame_base, frame)
         loc = evaluate(expr, _context(live, frame, frame_base))
         if isinstance(loc, MemoryLocation):
@@ -80,12 +93,19 @@ def _locate_local(live: LiveProcess, tag: TaggedVariable, frames: list[Frame]) -
             value = frame.regs.get(loc.regno)
             if value is None:
                 home = _stack_home(live, var, function.frame_base, frame)
-                return home if home is not None else "its register is not recoverable in this frame"
+                if home is not None:
+                    return home
+                return Absent("its register is not recoverable in this frame")
             return value.to_bytes(8, "little")[: tag.size or 8]
         if isinstance(loc, ValueLocation):
             return loc.as_bytes(tag.size or 8)
-        return "its location is split into pieces, which is not supported"
-    return f"{var.function} is not active in the stopped thread"
+        return Absent("its location is split into pieces, which is not supported")
+    if frames.cut is None:
+        return Absent(f"{var.function} is not active in the stopped thread", lost=False)
+    return Absent(
+        f"{var.function} is not among the {len(frames)} frames unwound, and the stack could "
+        f"not be unwound further: {frames.cut}"
+    )
 
 
 def _stack_home(

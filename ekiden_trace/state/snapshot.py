@@ -149,6 +149,7 @@ class CapturedVariable(_Compact):
     address: int | None
     value: Value | None
     absent: str | None = None  # why there is no value (e.g. its function is not active)
+    lost: bool = False  # it exists in the process but could not be read
 
 
 @dataclass(slots=True)

@@ -17,10 +17,10 @@ from ekiden_trace.target import procfs
 from ekiden_trace.target.images import load_bias, mapped_images
 from ekiden_trace.target.procfs import Mapping
 from ekiden_trace.target.tracee import Tracee
-from ekiden_trace.target.unwind import Frame, ModuleMap, unwind
+from ekiden_trace.target.unwind import Frames, ModuleMap, unwind
 
 CFI_FORMAT = 1
-STACK_COPY = 64 << 10  # the top of the stack read at once for unwinding, at most
+STACK_UNKNOWN = 8 << 20  # bounds the unwind of a stack pointer outside any mapping
 
 
 @dataclass(frozen=True)
@@ -157,22 +157,25 @@ class LiveProcess:
         row = entry.table.row_at(link_pc) if entry is not None else None
         return row.cfa if row is not None else None
 
-    def frames(self) -> list[Frame]:
+    def frames(self) -> Frames:
         """The current thread's frames, unwound with CFI from the registers at the stop."""
         assert self.tracee is not None, "frames() needs a stopped tracee"
         regs = self.tracee.regs()
-        stack = _StackCopy(self.tracee, regs.rsp, self.mapping_at(regs.rsp))
-        return unwind(regs_to_dwarf(regs), self._module_map, stack.read_word)
+        mapping = self.mapping_at(regs.rsp)
+        stack = _StackCopy(self.tracee, regs.rsp, mapping)
+        size = mapping.end - regs.rsp if mapping is not None else STACK_UNKNOWN
+        return unwind(regs_to_dwarf(regs), self._module_map, stack.read_word, size)
 
 
 class _StackCopy:
-    """The top of a stopped thread's stack, read in one go: unwinding reads a few words
-    per frame there, each a system call otherwise.  Other words are read one by one."""
+    """The stack of a stopped thread in use (from its stack pointer to the end of its
+    mapping), read in one go: unwinding reads a few words per frame there, each a system
+    call otherwise.  Other words are read one by one."""
 
     def __init__(self, tracee: Tracee, sp: int, mapping: Mapping | None) -> None:
         self.tracee = tracee
         self.start = sp
-        size = min(mapping.end - sp, STACK_COPY) if mapping is not None else 0
+        size = mapping.end - sp if mapping is not None else 0
         try:
             self.data = tracee.read(sp, size)
         except OSError:

@@ -34,7 +34,7 @@ from ekiden_trace.binary.dwarf.expr import (
     evaluate,
 )
 
-__all__ = ["CALLEE_SAVED", "Frame", "ModuleEntry", "ModuleMap", "unwind"]
+__all__ = ["CALLEE_SAVED", "Frame", "Frames", "ModuleEntry", "ModuleMap", "unwind"]
 
 #: DWARF numbers of the x86-64 callee-saved registers: rbx, rbp, r12-r15.
 CALLEE_SAVED = (3, 6, 12, 13, 14, 15)
@@ -96,29 +96,51 @@ class Frame:
         return self.pc - 1 if self.is_return_address else self.pc
 
 
+class Frames(list[Frame]):
+    """The frames of a thread, innermost first.  `cut` is None when the walk reached the
+    outermost frame (whose return address is undefined), else why it ended before."""
+
+    cut: str | None = None
+
+
 def unwind(
     regs: dict[int, int],
     modules: ModuleMap,
     read_word: Callable[[int], int],
-    max_frames: int = 256,
-) -> list[Frame]:
+    stack_size: int,
+) -> Frames:
     """Unwind a stopped thread whose DWARF-numbered registers are `regs` (rip included).
 
     `read_word(addr)` reads 8 bytes little-endian from the target and may
-    raise ``OSError``. Unwinding stops without raising at the outermost frame
-    (undefined or zero return address), at a pc with no module or no FDE, when
-    the CFA stops increasing (the bogus frame is dropped), after `max_frames`,
-    or when a read fails; the frames found so far are returned.
+    raise ``OSError``; `stack_size` is the size of the stack in use (from the
+    stack pointer to the end of its mapping).  The walk never raises: it ends at
+    the outermost frame, or else says why in `Frames.cut`: a pc with no module or
+    no FDE, a CFA that stops increasing (the bogus frame is dropped), a failed
+    read, or more frames than `stack_size` can hold (each one takes at least its
+    return address).
     """
-    frames: list[Frame] = []
+    frames = Frames()
+    max_frames = max(stack_size // 8, 1)
     regs = {regno: value & MASK64 for regno, value in regs.items()}
     is_return_address = False
     inner: Frame | None = None
-    while len(frames) < max_frames and RA_REGNO in regs:
-        pc = regs[RA_REGNO]
+    rows: dict[int, tuple[ModuleEntry | None, CfiRow | None]] = {}  # recursion repeats pcs
+    while True:
+        if len(frames) >= max_frames:
+            frames.cut = f"more than {max_frames} frames, more than its stack can hold"
+            break
+        pc = regs.get(RA_REGNO)
+        if pc is None:
+            frames.cut = "the pc of the first frame is unknown"
+            break
         lookup_pc = pc - 1 if is_return_address else pc
-        entry = modules.lookup(lookup_pc)
-        row = entry.table.row_at(lookup_pc - entry.load_bias) if entry is not None else None
+        if lookup_pc not in rows:
+            entry = modules.lookup(lookup_pc)
+            rows[lookup_pc] = (
+                entry,
+                entry.table.row_at(lookup_pc - entry.load_bias) if entry is not None else None,
+            )
+        entry, row = rows[lookup_pc]
         cfa = None
         if row is not None:
             try:
@@ -132,7 +154,8 @@ def unwind(
             and not inner.is_signal_frame
             and cfa <= inner.cfa
         ):
-            break  # not moving outward: a loop or a corrupt stack
+            frames.cut = f"the frame at {pc:#x} does not move outward (a corrupt stack)"
+            break
         frame = Frame(
             pc=pc,
             cfa=cfa,
@@ -144,13 +167,16 @@ def unwind(
         )
         frames.append(frame)
         if row is None or cfa is None:
+            where = "no module" if entry is None else f"no unwind information in {entry.path}"
+            frames.cut = f"{where} for pc {pc:#x}"
             break
         try:
             caller = _caller_regs(row, cfa, regs, read_word)
-        except OSError:
+        except OSError as exc:
+            frames.cut = f"its stack cannot be read ({exc})"
             break
         if caller is None:
-            break
+            break  # the outermost frame
         inner = frame
         regs = caller
         is_return_address = not frame.is_signal_frame

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
 from clients import LineClient, fixture_binary, start_server
-from conftest import needs_ptrace, run_tool
+from conftest import compile_marked, needs_ptrace, run_tool, tracer_of
 
 pytestmark = needs_ptrace
 
@@ -23,3 +28,82 @@ def test_new_fields_of_a_tagged_local_keep_v2s_initial_values() -> None:
         assert result.returncode == 0, result.stderr
         assert client.command("INFO") == "v2 requests=3 user=alice log_fd=-1 max_line=64"
         assert client.command("x" * 65) == "v2 ERR request longer than 64"
+
+
+def test_a_tagged_local_of_main_arrives_from_100000_frames_deep() -> None:
+    """deep's update point is 100,000 frames above main, whose `total` must arrive."""
+    v1, v2 = fixture_binary("deep", "v1"), fixture_binary("deep", "v2")
+    with start_server(v1) as server, LineClient(server.port) as client:
+        assert client.command("ADD 5") == "v1 total=5"
+        result = run_tool("attach", str(server.pid), "--new", str(v2))
+        assert result.returncode == 0, result.stderr
+        assert "main:total" in result.stdout
+        assert client.command("ADD 1") == "v2 total=6"
+        assert client.command("DEPTH") == "v2 total=6 depth=100000"
+
+
+# main's tagged `count` is below hop(), a function of hand-written assembly with no unwind
+# information: the unwinder cannot walk past it, so main's frame is not found.
+NO_CFI = textwrap.dedent(
+    """\
+    #include <errno.h>
+    #include <stdio.h>
+    #include <unistd.h>
+    #include "ekiden.h"
+
+    void hop(int *count, void (*fn)(int *));
+    __asm__(".text\\n.globl hop\\nhop:\\n\\tpush %rbp\\n\\tcall *%rsi\\n\\tpop %rbp\\n\\tret\\n");
+
+    static void serve(int *count)
+    {
+        char line[64];
+
+        for (;;) {
+            EKIDEN_UPDATE_POINT(serve_loop);
+            ssize_t n = read(0, line, sizeof line);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0)
+                return;
+            printf("v%d count=%d\\n", VERSION, ++*count);
+            fflush(stdout);
+        }
+    }
+
+    int main(void)
+    {
+        int count;
+
+        if (EKIDEN_TAG(count))
+            count = 0;
+        hop(&count, serve);
+        return 0;
+    }
+    """
+)
+
+
+def test_a_tagged_variable_that_cannot_be_found_refuses_the_update(
+    tmp_path: Path, spawn: Callable[..., subprocess.Popen[str]]
+) -> None:
+    source = tmp_path / "no_cfi.c"
+    source.write_text(NO_CFI)
+    v1, v2 = (
+        compile_marked(source, tmp_path / f"v{n}", "-g", "-O2", f"-DVERSION={n}") for n in (1, 2)
+    )
+    proc = spawn(v1)
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def ask() -> str:
+        proc.stdin.write("next\n")
+        proc.stdin.flush()
+        return proc.stdout.readline().strip()
+
+    assert ask() == "v1 count=1"
+    result = run_tool("attach", str(proc.pid), "--new", str(v2))
+    assert result.returncode == 10, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "`main:count` cannot be read: main is not among the" in result.stderr
+    assert "no unwind information" in result.stderr
+    assert tracer_of(proc.pid) == 0
+    assert ask() == "v1 count=2"

@@ -114,6 +114,14 @@ class Stopped:
     regs: dict[int, int]
     mem: int  # fd of /proc/PID/mem
 
+    @property
+    def stack_size(self) -> int:
+        """The stack in use: from the stack pointer to the end of its mapping."""
+        for line in Path(f"/proc/{self.pid}/maps").read_text().splitlines():
+            if line.endswith("[stack]"):
+                return int(line.split("-")[1].split()[0], 16) - self.regs[7]
+        raise AssertionError("no [stack] mapping")
+
     def read_word(self, addr: int) -> int:
         data = os.pread(self.mem, 8, addr)
         if len(data) != 8:
@@ -301,7 +309,7 @@ def test_unwind_blocked_in_read(
 
     stopped: Stopped = stop(binaries[opt], before=run_gdb)
     modules = build_module_map(stopped.pid, _tables(binaries[opt], libc_table))
-    frames = unwind(stopped.regs, modules, stopped.read_word)
+    frames = unwind(stopped.regs, modules, stopped.read_word, stopped.stack_size)
     names = _names(frames, modules, binaries[opt])
 
     assert frames[0].is_top and frames[0].pc == stopped.regs[16]
@@ -309,6 +317,7 @@ def test_unwind_blocked_in_read(
     program_names = [name for name in names if name != "libc"]
     assert program_names == ["block", "inner", "middle", "outer", "main", "_start"]
     assert names[-1] == "_start"  # glibc's _start marks rip undefined: a clean end
+    assert frames.cut is None
     cfas = [frame.cfa for frame in frames]
     assert all(cfa is not None for cfa in cfas)
     assert cfas == sorted(cfas) and len(set(cfas)) == len(cfas)
@@ -330,7 +339,7 @@ def test_unwind_through_signal_frame(
 
     stopped: Stopped = stop(binaries[opt], spin=True, before=run_gdb)
     modules = build_module_map(stopped.pid, _tables(binaries[opt], libc_table))
-    frames = unwind(stopped.regs, modules, stopped.read_word)
+    frames = unwind(stopped.regs, modules, stopped.read_word, stopped.stack_size)
     names = _names(frames, modules, binaries[opt])
 
     program_names = [name for name in names if name != "libc"]
@@ -354,8 +363,9 @@ def test_unwind_stops_outside_modules(
     stopped: Stopped = stop(binaries["-O2"])
     program = binaries["-O2"].resolve()
     modules = build_module_map(stopped.pid, {str(program): CallFrameTable.from_elf(program)})
-    frames = unwind(stopped.regs, modules, stopped.read_word)
+    frames = unwind(stopped.regs, modules, stopped.read_word, stopped.stack_size)
     assert len(frames) == 1 and frames[0].module is None and frames[0].cfa is None
+    assert frames.cut is not None and frames.cut.startswith("no module for pc")
 
 
 def test_unwind_stops_on_read_error(
@@ -364,15 +374,19 @@ def test_unwind_stops_on_read_error(
     stopped: Stopped = stop(binaries["-O0"])
     tables = _tables(binaries["-O0"], CallFrameTable.from_elf(LIBC))
     modules = build_module_map(stopped.pid, tables)
-    full = unwind(stopped.regs, modules, stopped.read_word)
+    full = unwind(stopped.regs, modules, stopped.read_word, stopped.stack_size)
 
     def failing_read(addr: int) -> int:
         if addr >= full[2].cfa - 8:
             raise OSError(errno.EIO, "unreadable")
         return stopped.read_word(addr)
 
-    assert unwind(stopped.regs, modules, failing_read) == full[:3]
-    assert unwind(stopped.regs, modules, stopped.read_word, max_frames=2) == full[:2]
+    assert full.cut is None
+    cut = unwind(stopped.regs, modules, failing_read, stopped.stack_size)
+    assert cut == full[:3] and cut.cut is not None and "cannot be read" in cut.cut
+    # A stack of 16 bytes holds two return addresses at most: the walk says so.
+    small = unwind(stopped.regs, modules, stopped.read_word, 16)
+    assert small == full[:2] and small.cut == "more than 2 frames, more than its stack can hold"
 
 
 def test_cfi_table_json_round_trip(libc_table: CallFrameTable) -> None:
@@ -450,7 +464,7 @@ def test_read_local_of_outer_frame(
     """Evaluate real DWARF locations in an unwound frame: middle's `marker` and global `leak`."""
     stopped: Stopped = stop(binaries[opt])
     modules = build_module_map(stopped.pid, _tables(binaries[opt], libc_table))
-    frames = unwind(stopped.regs, modules, stopped.read_word)
+    frames = unwind(stopped.regs, modules, stopped.read_word, stopped.stack_size)
     names = _names(frames, modules, binaries[opt])
     frame = frames[names.index("middle")]
     entry = modules.lookup(frame.lookup_pc)
