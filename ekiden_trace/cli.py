@@ -125,9 +125,12 @@ def _print_tree(outcomes: list[TreeOutcome], as_json: bool) -> int:
         print(json.dumps(tree_json(outcomes), indent=2))
     else:
         sys.stdout.write(tree_text(outcomes))
-    failed = [o for o in outcomes if o.error is not None]
-    for outcome in failed:
-        print(f"ekiden-trace: process {outcome.pid}: {outcome.error}", file=sys.stderr)
+    failed = sum(o.error is not None for o in outcomes)
+    if failed:  # each error is in the report, once
+        print(
+            f"ekiden-trace: {failed} of {len(outcomes)} processes were not updated.",
+            file=sys.stderr,
+        )
     return PARTIAL_FAILURE if failed else 0
 
 

@@ -385,15 +385,30 @@ def report_json(report: UpdateReport) -> dict[str, Any]:
 
 
 def report_text(report: UpdateReport) -> str:
-    """An update report for people."""
+    """An update report for people; the versions are named by their binaries."""
+    from ekiden_trace.ops.update import version_names
+
+    old, new = version_names(report.old, report.new)
+    updated = report.outcome == "updated"
+    runs = new if updated else old
+    written = (
+        f"{len(report.moved)} variables ({', '.join(report.moved) or 'none'}), "
+        f"{report.objects} heap objects, {report.bytes} bytes"
+    )
     lines = [
         f"process {report.pid}: {report.outcome} {report.old} -> {report.new}"
         + (f" at update point {report.point}" if report.point else ""),
         "phases: " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in report.phases.items()),
-        f"pause: {report.pause * 1000:.2f} ms (stopped at the point until v2 ran free)",
-        f"moved: {len(report.moved)} variables ({', '.join(report.moved) or 'none'}), "
-        f"{report.objects} heap objects, {report.bytes} bytes",
+        f"pause: {report.pause * 1000:.2f} ms (stopped at the point until {runs} ran free"
+        + ("" if updated else ", rolled back")
+        + ")",
+        f"moved into {new}: {written}" if updated else f"restored into {old}: {written}",
     ]
+    if report.calls:
+        lines.append(
+            f"transformers called {new}'s own code {report.calls} times "
+            "(what those calls built is not counted above)"
+        )
     if report.initialised:
         lines.append(f"initialised by the new version: {', '.join(report.initialised)}")
     if report.dropped:
@@ -418,6 +433,11 @@ def tree_json(outcomes: list[TreeOutcome]) -> dict[str, Any]:
     }
 
 
+def _without_pid(message: str, pid: int) -> str:
+    """An error about one process, for a line that already starts with its pid."""
+    return message.removeprefix(f"process {pid} ")
+
+
 def tree_text(outcomes: list[TreeOutcome]) -> str:
     """One line per process of a --tree update."""
     lines = []
@@ -430,7 +450,7 @@ def tree_text(outcomes: list[TreeOutcome]) -> str:
             )
         else:
             state = o.report.outcome if o.report else "not updated, still running its old version"
-            lines.append(f"process {o.pid}: {state}: {o.error}")
+            lines.append(f"process {o.pid}: {state}: {_without_pid(str(o.error), o.pid)}")
     updated = sum(o.error is None for o in outcomes)
     lines.append(f"{updated} of {len(outcomes)} processes updated")
     return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ from ekiden_trace.binary.program import Program
 from ekiden_trace.errors import EkidenError
 from ekiden_trace.plan.planner import UpdatePlan, plan_update
 from ekiden_trace.plan.transformers import Transformers
-from ekiden_trace.state.restore import Restorer
+from ekiden_trace.state.restore import Restorer, RestoreResult
 from ekiden_trace.state.snapshot import Snapshot
 from ekiden_trace.target.inject import Injector
 
@@ -37,9 +37,9 @@ def roll_back_to(
     old: Program,
     state: GuardState,
     identity: UpdatePlan | None = None,
-) -> None:
+) -> RestoreResult:
     """Exec v1 again in the same process (through `injector`, made for the image it runs
-    now) and restore v1's own snapshot into it."""
+    now) and restore v1's own snapshot into it; what was restored."""
     identity = identity or plan_update(old, old, Transformers())
     tracee = injector.tracee
     try:
@@ -47,10 +47,11 @@ def roll_back_to(
         restorer = Restorer(
             tracee, identity, state.snapshot, Transformers(), state.point, state.signo
         )
-        restorer.run(state.timeout)
+        result = restorer.run(state.timeout)
         restorer.injector.restore_cloexec(state.cleared)
     except EkidenError as failure:
         raise EkidenError(
             f"the update failed and so did the rollback ({failure}); process {tracee.pid} "
             "is in an unknown state: restart the service."
         ) from None
+    return result

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from ekiden_trace.state.backend import RestoreFailed
 from ekiden_trace.state.checks import check_snapshot
 from ekiden_trace.state.control import STOP_FUNCTION, ControlBlock, choose_stop_signal
 from ekiden_trace.state.rendezvous import halt, leave, wait_for_point
-from ekiden_trace.state.restore import Restorer
+from ekiden_trace.state.restore import Restorer, RestoreResult
 from ekiden_trace.state.snapshot import Snapshot
 from ekiden_trace.target import procfs
 from ekiden_trace.target.address_space import LiveProcess
@@ -79,7 +80,8 @@ class UpdateOptions:
 
 @dataclass
 class UpdateReport:
-    """What happened, phase by phase."""
+    """What happened, phase by phase.  `moved`, `objects` and `bytes` are what was written
+    into the version that runs afterwards: the new one, or the old one after a rollback."""
 
     pid: int
     old: str
@@ -93,19 +95,39 @@ class UpdateReport:
     dropped: list[str] = field(default_factory=list)
     objects: int = 0
     bytes: int = 0
+    calls: int = 0  # transformers' calls into the new version (what they built is not counted)
     notes: list[str] = field(default_factory=list)
+
+
+def version_names(old: str, new: str) -> tuple[str, str]:
+    """How a report names the old and the new version: by their binaries' file names (a new
+    binary may be a downgrade, or v3), or by their paths when the file names are the same."""
+    names = os.path.basename(old), os.path.basename(new)
+    return names if names[0] != names[1] else (old, new)
+
+
+def _by_name(note: str, names: tuple[str, str]) -> str:
+    """A plan note, which calls the versions by their roles v1 and v2, with their names."""
+    return re.sub(r"\bv([12])\b", lambda m: names[int(m.group(1)) - 1], note)
 
 
 class _Clock:
     def __init__(self, report: UpdateReport) -> None:
         self.report = report
         self.last = time.monotonic()
+        self.paused = self.last
 
-    def lap(self, phase: str) -> float:
+    def lap(self, phase: str) -> None:
         now = time.monotonic()
         self.report.phases[phase] = now - self.last
         self.last = now
-        return now
+
+    def pause_starts(self) -> None:
+        self.paused = self.last
+
+    def pause_ends(self) -> None:
+        """The process runs free again: the new version, or the old one after a rollback."""
+        self.report.pause = time.monotonic() - self.paused
 
 
 @dataclass(frozen=True)
@@ -177,7 +199,10 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
     check_reachable(pid, prepared.new)
     check_trusted(pid, prepared.new, options.force)
     report.dropped = [d.what for d in plan.drops]
-    report.notes = [f"{t}: {n}" for t, notes in plan.type_notes.items() for n in notes]
+    names = version_names(report.old, report.new)
+    report.notes = [
+        f"{t}: {_by_name(n, names)}" for t, notes in plan.type_notes.items() for n in notes
+    ]
     old_argv = procfs.cmdline(pid)
     argv = old_argv if options.args is None else [old_argv[0], *(a.encode() for a in options.args)]
     envp = procfs.environ(pid)
@@ -195,7 +220,8 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
         signo = choose_stop_signal(tracee)
         injector = Injector.for_tracee(tracee, str(old.path), STOP_FUNCTION, live.bias)
         report.point = wait_for_point(tracee, control, signo, options.point, options.timeout).what
-        paused = clock.lap("wait")
+        clock.lap("wait")
+        clock.pause_starts()
         guardian.watch_cpus(pid)
         with sharing_cpu(pid):  # the tool and the process hand over to each other many times
             snapshot = _capture(live, tracee, plan, report.point)
@@ -214,8 +240,8 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
             _exec_new(injector, guardian, state, str(prepared.new.path), argv)
             control = None  # the old control block went away with the old image
             clock.lap("exec")
-            _restore_new(tracee, prepared, state, report)
-        report.pause = time.monotonic() - paused
+            _restore_new(tracee, prepared, state, clock)
+        clock.pause_ends()
         clock.lap("restore")
         report.outcome = "updated"
         kill_point("detach")
@@ -254,11 +280,10 @@ def _exec_new(
         raise
 
 
-def _restore_new(
-    tracee: Tracee, prepared: Prepared, state: GuardState, report: UpdateReport
-) -> None:
+def _restore_new(tracee: Tracee, prepared: Prepared, state: GuardState, clock: _Clock) -> None:
     """Bring the freshly exec'd version up to its first update point with the state, or
     roll back to v1 and raise RolledBack."""
+    report = clock.report
     restorer = None
     try:
         restorer = Restorer(
@@ -269,15 +294,25 @@ def _restore_new(
             raise RestoreFailed(f"{prepared.new.path} changed between its check and the exec")
         result = restorer.run(state.timeout)
     except EkidenError as failure:
+        clock.lap("restore")
         halt(tracee)  # an interruption may have come while v2 ran
         injector = restorer.injector if restorer is not None else Injector.for_tracee(tracee)
-        roll_back_to(injector, prepared.old, state, prepared.identity)
+        result = roll_back_to(injector, prepared.old, state, prepared.identity)
+        clock.pause_ends()
+        clock.lap("rollback")
+        _record(report, result)
         report.outcome = "rolled back"
         raise RolledBack(
             f"the update failed after the exec and was rolled back: {failure}", report, failure
         ) from None
     restorer.injector.restore_cloexec(state.cleared)
+    _record(report, result)
+
+
+def _record(report: UpdateReport, result: RestoreResult) -> None:
+    """What a restore wrote, into the report."""
     report.moved = result.written
     report.initialised = result.initialised
     report.objects = result.objects
     report.bytes = result.bytes
+    report.calls = result.calls

@@ -339,7 +339,7 @@ class Encoder:
             offset = target.offset if isinstance(target, GlobalRef) else 0
             return self.backend.symbol_address(target.symbol) + offset
         if isinstance(target, LiteralRef):
-            return self.backend.string(target.text)
+            return self._new_string(target.text)
         if isinstance(target, Unfollowed) and target.reason == "opaque":
             return value.addr
         reason = target.reason if isinstance(target, Unfollowed) else "unknown"
@@ -359,8 +359,14 @@ class Encoder:
                 self.materialise([(value, info.id)])
             return self.addresses[value]
         if isinstance(value, str | bytes):
-            return self.backend.string(value)
+            return self._new_string(value)
         raise ConversionError(f"{path}: a pointer cannot be made from {type(value).__name__}.")
+
+    def _new_string(self, text: str | bytes) -> int:
+        """A new C string on v2's heap, counted with the objects written."""
+        self.objects_written += 1
+        self.bytes_written += len(text) + 1
+        return self.backend.string(text)
 
     def _scaled_offset(self, obj: HeapObject, offset: int, path: str) -> int:
         """Map an interior offset of an old object onto the new element size."""

@@ -57,6 +57,7 @@ class RestoreResult:
     not_reached: list[str] = field(default_factory=list)
     objects: int = 0
     bytes: int = 0
+    calls: int = 0  # transformers' calls into the new version's code
 
 
 class Restorer:
@@ -140,6 +141,7 @@ class Restorer:
         self.control.guard(False)  # all state is written: v2 may run free
         result.objects = self.encoder.objects_written
         result.bytes = self.encoder.bytes_written
+        result.calls = self.encoder.context.calls
         return result
 
     def _at_mark(self, reported: MarkStop, result: RestoreResult) -> bool:

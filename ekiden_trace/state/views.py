@@ -154,6 +154,7 @@ class Context:
         self._snapshot = snapshot
         self._process = process
         self._set_field = set_field
+        self.calls = 0  # calls into the new process: what they allocate is v2's own doing
 
     def old(self, name: str) -> Any:
         """Any old tagged variable, by plain name or by key (e.g. 'main:nclients')."""
@@ -164,6 +165,7 @@ class Context:
 
     def call(self, function: str, *args: int | str | bytes) -> int:
         """Call a function of the new program inside the new process; str/bytes become C strings."""
+        self.calls += 1
         return self._process.call(function, *args)
 
     def set(self, address: int, type_name: str, field_name: str, value: Any) -> None:

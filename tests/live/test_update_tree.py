@@ -170,7 +170,8 @@ def test_partial_failure_is_reported_and_the_rest_updates(root: Path) -> None:
         )
         assert result.returncode == 12, result.stderr
         assert "1 of 2 processes updated" in result.stdout
-        assert "rolled back" in result.stdout and "fault was injected" in result.stderr
+        assert "rolled back" in result.stdout and "fault was injected" in result.stdout
+        assert result.stderr == "ekiden-trace: 1 of 2 processes were not updated.\n"
         with pytest.raises(ftplib.error_perm, match=r"^502"):
             ftp.sendcmd("FEAT")  # the session still runs v1
         fresh = login(server.port)
