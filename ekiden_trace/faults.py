@@ -2,19 +2,24 @@
 
 EKIDEN_TRACE_FAULT=PHASE makes the tool fail (an error) at PHASE, once per run;
 EKIDEN_TRACE_KILL_AT=PHASE makes it SIGKILL itself there, to test what a dying
-tool leaves behind.  Kill phases: attached, waiting, captured, cloexec, exec,
-restore, detach.
+tool leaves behind; EKIDEN_TRACE_SLOW_AT=PHASE:SECONDS makes it sleep there,
+once per run, to let something happen in the middle of an update (it says so
+on stderr first, so that a test knows when).  Kill and
+slow phases: attached, waiting, captured, cloexec, exec, restore, detach.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
+import time
 
 from ekiden_trace.errors import EkidenError
 
 ENV = "EKIDEN_TRACE_FAULT"
 KILL_ENV = "EKIDEN_TRACE_KILL_AT"
+SLOW_ENV = "EKIDEN_TRACE_SLOW_AT"
 _fired: set[str] = set()
 
 
@@ -30,6 +35,12 @@ def fault_point(phase: str) -> None:
 
 
 def kill_point(phase: str) -> None:
-    """Die here, as abruptly as a crash, when the environment asks for it."""
+    """Die here, as abruptly as a crash, when the environment asks for it; or sleep here
+    first, once per run (EKIDEN_TRACE_SLOW_AT)."""
+    slow_phase, _, seconds = os.environ.get(SLOW_ENV, "").partition(":")
+    if slow_phase == phase and f"slow:{phase}" not in _fired:
+        _fired.add(f"slow:{phase}")
+        print(f"ekiden-trace: slowed at {phase} ({SLOW_ENV})", file=sys.stderr, flush=True)
+        time.sleep(float(seconds))
     if os.environ.get(KILL_ENV) == phase:
         os.kill(os.getpid(), signal.SIGKILL)

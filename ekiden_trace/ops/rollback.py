@@ -6,7 +6,7 @@ tool died in the middle of an update.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ekiden_trace.binary.program import Program
 from ekiden_trace.errors import EkidenError
@@ -30,6 +30,9 @@ class GuardState:
     envp: list[bytes]
     cleared: list[int]
     timeout: float
+    # The program's signals that arrived after the exec, held for the version that runs
+    # afterwards: delivered once it stands at its update point, its handlers installed.
+    held: list[int] = field(default_factory=list)
 
 
 def roll_back_to(
@@ -45,7 +48,7 @@ def roll_back_to(
     try:
         injector.exec_in_place(str(old.path), state.argv, state.envp)
         restorer = Restorer(
-            tracee, identity, state.snapshot, Transformers(), state.point, state.signo
+            tracee, identity, state.snapshot, Transformers(), state.point, state.signo, state.held
         )
         result = restorer.run(state.timeout)
         restorer.injector.restore_cloexec(state.cleared)

@@ -287,7 +287,13 @@ def _restore_new(tracee: Tracee, prepared: Prepared, state: GuardState, clock: _
     restorer = None
     try:
         restorer = Restorer(
-            tracee, prepared.plan, state.snapshot, prepared.transformers, state.point, state.signo
+            tracee,
+            prepared.plan,
+            state.snapshot,
+            prepared.transformers,
+            state.point,
+            state.signo,
+            state.held,
         )
         kill_point("exec")  # the new version is guarded from here on
         if file_identity(procfs.exe_path(state.pid)) != prepared.checked:

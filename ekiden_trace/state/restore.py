@@ -7,10 +7,18 @@ the tag answers true.  The first update point the new version reaches ends
 the restore.  Start-up runs under PTRACE_SYSCALL so that an exit during
 start-up is caught at its syscall entry, while the process can still be
 rolled back.
+
+The program's own signals that arrive meanwhile (a child exiting, say) are
+held, not delivered: the new version's start-up still has default
+dispositions, and the tags written after its handlers ran would overwrite
+what they did.  They are sent again (with kill, so their siginfo names the
+tool as sender) once the version stands at its update point; held signals
+a failed restore leaves go to the version the rollback restores.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -71,7 +79,9 @@ class Restorer:
         transformers: Transformers,
         point: str,
         signo: int,
+        held: list[int],
     ) -> None:
+        """`held`: the program's signals held so far, delivered (and emptied) at the end."""
         self.tracee = tracee
         self.plan = plan
         self.new = plan.new
@@ -79,6 +89,7 @@ class Restorer:
         self.transformers = transformers
         self.point = point
         self.signo = signo
+        self.held = held
         self.bias = program_bias(tracee.pid, self.new)
         self.control = ControlBlock(tracee, self.new.marks.control + self.bias)
         self.injector = Injector.for_tracee(tracee, str(self.new.path), STOP_FUNCTION, self.bias)
@@ -106,17 +117,17 @@ class Restorer:
         started = time.monotonic()
         result = RestoreResult(self.point)
         deadline = started + timeout
-        signo, in_mark = 0, False
+        in_mark = False
         watched = EXIT_SYSCALLS | {GETPID}
         while True:
             try:
-                stop = self.tracee.run_syscalls(watched, deadline, signo, cont=in_mark)
+                stop = self.tracee.run_syscalls(watched, deadline, cont=in_mark)
             except WaitTimeout:
                 halt(self.tracee)
                 raise RestoreFailed(
                     f"the new version did not reach an update point within {timeout:g} s."
                 ) from None
-            signo, in_mark = 0, False
+            in_mark = False
             if stop.kind in ("exited", "killed"):
                 raise EkidenError(f"process {self.tracee.pid} died during the restore ({stop}).")
             if stop.kind == "syscall":
@@ -130,7 +141,7 @@ class Restorer:
                     name = signal.Signals(stop.signo).name
                     raise RestoreFailed(f"the new version crashed with {name} during its start-up.")
                 else:
-                    signo = stop.signo  # the program's own signal: deliver it
+                    self.held.append(stop.signo)  # the program's own: for the end
         result.not_reached = sorted(self._pending)
         if result.not_reached:
             raise RestoreFailed(
@@ -139,6 +150,9 @@ class Restorer:
             )
         self.backend.close()
         self.control.guard(False)  # all state is written: v2 may run free
+        for signo in dict.fromkeys(self.held):
+            os.kill(self.tracee.pid, signo)  # pending until it resumes, its handlers ready
+        self.held.clear()
         result.objects = self.encoder.objects_written
         result.bytes = self.encoder.bytes_written
         result.calls = self.encoder.context.calls

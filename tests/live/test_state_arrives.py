@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from clients import LineClient, fixture_binary, start_server
-from conftest import compile_marked, needs_ptrace, run_tool, tracer_of
+from conftest import REPO, compile_marked, needs_ptrace, run_tool, tracer_of
 
 pytestmark = needs_ptrace
 
@@ -107,3 +111,41 @@ def test_a_tagged_variable_that_cannot_be_found_refuses_the_update(
     assert "no unwind information" in result.stderr
     assert tracer_of(proc.pid) == 0
     assert ask() == "v1 count=2"
+
+
+@pytest.mark.parametrize(
+    ("slow_at", "fault", "runs"),
+    [
+        ("captured", None, "v2"),  # the child exits while the process is stopped, before the exec
+        ("exec", None, "v2"),  # ... while v2's start-up still has default dispositions
+        ("restore", None, "v2"),  # ... after the first of v2's tags was written
+        ("exec", "restore-write", "v1"),  # ... and the update is rolled back
+    ],
+)
+def test_a_child_exiting_during_the_update_is_reaped(
+    slow_at: str, fault: str | None, runs: str
+) -> None:
+    """reaper counts its children in its SIGCHLD handler; a child that exits during a slowed
+    update must be reaped by the version that runs afterwards, with the counts kept true."""
+    env = {**os.environ, "EKIDEN_TRACE_SLOW_AT": f"{slow_at}:0.5"}
+    if fault:
+        env["EKIDEN_TRACE_FAULT"] = fault
+    v1, v2 = fixture_binary("reaper", "v1"), fixture_binary("reaper", "v2")
+    with start_server(v1) as server, LineClient(server.port) as client:
+        child = int(client.command("SPAWN 60000").split()[-1])
+        assert client.command("COUNT") == "v1 children=1 reaped=0"
+        tool = subprocess.Popen(
+            [sys.executable, "-m", "ekiden_trace", "attach", str(server.pid), "--new", str(v2)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert tool.stderr is not None
+        assert tool.stderr.readline().startswith(f"ekiden-trace: slowed at {slow_at}")
+        os.kill(child, signal.SIGKILL)  # exits in the middle of the update
+        _, err = tool.communicate(timeout=60)
+        assert tool.returncode == (11 if fault else 0), err
+        assert client.command("COUNT") == f"{runs} children=0 reaped=1"
+        assert not Path(f"/proc/{child}").exists()  # reaped: no zombie left
