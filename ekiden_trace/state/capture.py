@@ -4,6 +4,12 @@ Each tagged variable is located (locate.py) and decoded (decode.py); the heap
 it reaches is then walked breadth-first: every level's new objects are read in
 one batch and decoded, which queues the next level's pointers. An object is
 read once, however many pointers reach it, at its start or inside it.
+
+Pointers may reach a place inside an object before the object itself (a tag
+pointing at `ranges[2]` met before the tag `ranges`).  Whatever the order, an
+object that encloses objects captured before takes them in: they vanish and
+the pointers to them point inside it, so v2 gets one array, not overlapping
+copies.
 """
 
 from __future__ import annotations
@@ -23,7 +29,10 @@ from ekiden_trace.state.snapshot import (
     Pointer,
     Snapshot,
     StopLocation,
+    StructValue,
     Unfollowed,
+    UnionValue,
+    Value,
 )
 from ekiden_trace.target.address_space import LiveProcess
 from ekiden_trace.target.tracee import MemoryAccessError
@@ -56,6 +65,8 @@ class Capturer:
         self._by_start: dict[int, int] = {}
         self._by_line: dict[int, list[int]] = {}
         self._extents: dict[int, int] = {}
+        self._next_id = 1
+        self._enclosed: dict[int, tuple[int, int]] = {}  # id -> (enclosing id, offset in it)
         self._queue: deque[HeapPointer] = deque()
         self._strings: list[tuple[Pointer, int]] = []  # (pointer, char type) of this level
         self.decoder = Decoder(live, self._read, self._queue.append)
@@ -68,6 +79,8 @@ class Capturer:
             if isinstance(var.value, int | EnumValue):
                 self.decoder.globals.setdefault(var.name, var.value)
         self._follow_all()
+        if self._enclosed:
+            self._point_into_enclosing(variables)
         return Snapshot(
             pid=self.tracee.pid,
             binary=str(self.program.path),
@@ -144,11 +157,15 @@ class Capturer:
                     f"the hint type `{hint.target}` is not known to the debug info; fix the hint."
                 )
             pointee = self.decoder.strip(hinted)
+        wanted = self._extent_of(item, pointee)
         existing = self._object_at(addr)
         if existing is not None:
             obj, offset = existing
-            pointer.target = ObjectRef(obj.id, offset)
-            return None
+            # Reached before at its start with a smaller extent (a pointer to ranges[0] met
+            # before ranges): the larger object is made below and takes it in.
+            if offset or wanted is None or wanted <= self._extents[obj.id]:
+                pointer.target = ObjectRef(obj.id, offset)
+                return None
         if hint is not None and hint.kind == "buffer":
             data = self._read(addr, item.count or 0)
             obj = self._new_object(addr, CHAR_TYPE, len(data), max(len(data), 1))
@@ -177,17 +194,67 @@ class Capturer:
                 "stop following pointers that are not state (EKIDEN_HINT_OPAQUE)."
             )
         name = "char" if type_id == CHAR_TYPE else self.decoder.type_name(type_id)
-        oid = len(self.objects) + 1
+        oid = self._next_id
+        self._next_id += 1
         obj = self.objects[oid] = HeapObject(oid, addr, name, count, type_id)
         extent = self._extents[oid] = max(extent, 1)
-        self._by_start[addr] = oid
+        enclosed = set()
         by_line = self._by_line
         for line in range(addr >> LINE_SHIFT, (addr + extent - 1 >> LINE_SHIFT) + 1):
             if line in by_line:
+                enclosed.update(by_line[line])
                 by_line[line].append(oid)
             else:
                 by_line[line] = [oid]
+        for inner in enclosed:
+            start = self.objects[inner].addr
+            if addr <= start and start + self._extents[inner] <= addr + extent:
+                self._take_in(inner, obj)
+        self._by_start[addr] = oid
         return obj
+
+    def _extent_of(self, item: HeapPointer, pointee: int) -> int | None:
+        """The bytes a pointer's object spans, when its type or hint tells."""
+        if item.hint is not None and item.hint.kind == "buffer":
+            return item.count or 0
+        info = self.types.get(pointee)
+        if info is None or info.kind == "void" or (item.hint is None and is_char(info)):
+            return None
+        return (info.size or 0) * (item.count if item.count is not None else 1)
+
+    def _take_in(self, inner: int, outer: HeapObject) -> None:
+        """Object `inner`, captured before, lies inside `outer`: it becomes a place in it."""
+        obj = self.objects.pop(inner)
+        extent = self._extents.pop(inner)
+        if self._by_start.get(obj.addr) == inner:
+            del self._by_start[obj.addr]
+        for line in range(obj.addr >> LINE_SHIFT, (obj.addr + extent - 1 >> LINE_SHIFT) + 1):
+            self._by_line[line].remove(inner)
+        self._enclosed[inner] = (outer.id, obj.addr - outer.addr)
+
+    def _point_into_enclosing(self, variables: list[CapturedVariable]) -> None:
+        """Pointers set to objects that were taken in later point inside their encloser."""
+
+        def enclosing(ref: ObjectRef) -> ObjectRef:
+            oid, offset = ref.object_id, ref.offset
+            while oid in self._enclosed:
+                oid, delta = self._enclosed[oid]
+                offset += delta
+            return ObjectRef(oid, offset)
+
+        stack: list[Value | None] = [v.value for v in variables]
+        stack += [obj.value for obj in self.objects.values()]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, Pointer):
+                if isinstance(item.target, ObjectRef) and item.target.object_id in self._enclosed:
+                    item.target = enclosing(item.target)
+            elif isinstance(item, StructValue):
+                stack += item.fields.values()
+            elif isinstance(item, UnionValue):
+                stack += item.members.values()
+            elif isinstance(item, ArrayValue):
+                stack += item.items
 
     def _object_at(self, addr: int) -> tuple[HeapObject, int] | None:
         """The captured object holding `addr` (start or inside), with the offset."""
@@ -251,6 +318,7 @@ class Capturer:
 
     def _read_objects(self, reads: list[tuple[HeapObject, int]]) -> None:
         """Read a level's new objects in one batch and decode them (queuing the next level)."""
+        reads = [read for read in reads if read[0].id in self.objects]  # not taken in since
         if not reads:
             return
         sizes = [self._extents[obj.id] for obj, _ in reads]

@@ -1,13 +1,15 @@
 """The checks a captured snapshot must pass before the exec: every tagged variable read,
-every pointer explained."""
+every pointer explained, every pointer inside an object at a place the new layout has."""
 
 from __future__ import annotations
 
 from ekiden_trace.plan.planner import UpdatePlan
+from ekiden_trace.state.interior import moved_offset
 from ekiden_trace.state.snapshot import (
     ArrayValue,
     FunctionRef,
     GlobalRef,
+    HeapObject,
     ObjectRef,
     Pointer,
     Snapshot,
@@ -38,6 +40,8 @@ def _may_have_problems(snapshot: Snapshot, symbols: dict) -> bool:
         if isinstance(item, Pointer):
             if _is_suspect(item, symbols):
                 return True
+            if isinstance(item.target, ObjectRef) and item.target.offset:
+                return True  # checked in full by _interior_problem
         elif isinstance(item, StructValue):
             stack += item.fields.values()
         elif isinstance(item, UnionValue) and item.active:
@@ -45,6 +49,19 @@ def _may_have_problems(snapshot: Snapshot, symbols: dict) -> bool:
         elif isinstance(item, ArrayValue):
             stack += item.items
     return False
+
+
+def _interior_problem(plan: UpdatePlan, obj: HeapObject, offset: int, in_new: bool) -> str | None:
+    """Why a pointer `offset` bytes into `obj` cannot be carried over (interior.py): into
+    v1 again (a rollback), and into v2's type of the same name when `in_new`."""
+    if not offset or obj.string is not None:
+        return None
+    old_types = plan.old.index.types
+    moved = moved_offset(old_types, obj.type_id, old_types, obj.type_id, offset)
+    named = plan.new.index.type_by_name(obj.type_name) if in_new else None
+    if not isinstance(moved, str) and named is not None:
+        moved = moved_offset(old_types, obj.type_id, plan.new.index.types, named, offset)
+    return moved if isinstance(moved, str) else None
 
 
 def check_snapshot(plan: UpdatePlan, snapshot: Snapshot) -> list[str]:
@@ -86,10 +103,14 @@ def _pointer_problems(plan: UpdatePlan, snapshot: Snapshot) -> list[str]:
                     problems.append(
                         f"{where} points to {target.symbol or '?'}, which v2 does not have"
                     )
-                elif isinstance(target, ObjectRef) and target.object_id not in seen:
-                    seen.add(target.object_id)
+                elif isinstance(target, ObjectRef):
                     obj = snapshot.objects[target.object_id]
-                    stack.append((obj.value, f"{where}->#{obj.id}"))
+                    problem = _interior_problem(plan, obj, target.offset, check_symbols)
+                    if problem:
+                        problems.append(f"{where} {problem}")
+                    if obj.id not in seen:
+                        seen.add(obj.id)
+                        stack.append((obj.value, f"{where}->#{obj.id}"))
             elif isinstance(item, StructValue):
                 stack += [(v, f"{where}.{k}") for k, v in item.fields.items()]
             elif isinstance(item, UnionValue) and item.active:

@@ -17,6 +17,7 @@ from ekiden_trace.binary.layouts import holds_pointer
 from ekiden_trace.binary.program import Program
 from ekiden_trace.errors import EkidenError
 from ekiden_trace.plan.transformers import TransformerFn, Transformers, run_transformer
+from ekiden_trace.state.interior import moved_offset
 from ekiden_trace.state.snapshot import (
     ArrayValue,
     CharArray,
@@ -216,16 +217,20 @@ class Encoder:
         return tid
 
     def _pointee(self, pointer: TypeInfo, obj: HeapObject) -> int:
-        """The new element type of an object reached through a new pointer type."""
+        """The new element type of an object reached through a new pointer type: the type of
+        v2 named as the object's, when the pointer's is another (a pointer to a field of
+        it, or a void pointer), else the pointer's."""
         target = strip(self.types, pointer.target) if pointer.kind == "pointer" else -1
-        if get(self.types, target).kind == "void":
+        void = get(self.types, target).kind == "void"
+        if void or c_name(self.types, target) != obj.type_name:
             named = self.new.index.type_by_name(obj.type_name)
-            if named is None:
+            if named is not None:
+                return strip(self.types, named)
+            if void:
                 raise ConversionError(
                     f"v2 has no type {obj.type_name} for a heap object reached through a void "
                     "pointer; give a transformer."
                 )
-            return strip(self.types, named)
         return target
 
     def _write_unit(self, unit: Unit, size: int) -> None:
@@ -369,13 +374,13 @@ class Encoder:
         return self.backend.string(text)
 
     def _scaled_offset(self, obj: HeapObject, offset: int, path: str) -> int:
-        """Map an interior offset of an old object onto the new element size."""
+        """Map an interior offset of an old object onto its new layout (interior.py)."""
         if offset == 0 or obj.string is not None:
             return offset
-        old_size = get(self.old_types, obj.type_id).size or 1
-        if offset % old_size:
-            raise ConversionError(f"{path}: points inside an element of {obj.type_name}.")
-        return offset // old_size * (get(self.types, self._element[obj.id]).size or 0)
+        moved = moved_offset(self.old_types, obj.type_id, self.types, self._element[obj.id], offset)
+        if isinstance(moved, str):
+            raise ConversionError(f"{path}: {moved}.")
+        return moved
 
     def _encode_struct(
         self, value: Any, info: TypeInfo, buf: bytearray, offset: int, path: str

@@ -149,3 +149,29 @@ def test_a_child_exiting_during_the_update_is_reaped(
         assert tool.returncode == (11 if fault else 0), err
         assert client.command("COUNT") == f"{runs} children=0 reaped=1"
         assert not Path(f"/proc/{child}").exists()  # reaped: no zombie left
+
+
+@pytest.mark.parametrize(
+    ("n", "last"),
+    [(25, "20-30"), (5, "0-10")],
+    ids=["inside the array", "at its start"],
+)
+def test_pointers_into_an_array_tagged_before_it(n: int, last: str) -> None:
+    """interior's `last` and `last_hits` point to an element of `ranges` and to a field of
+    it, and are captured before `ranges`; v2 inserts a field before `hits`.  After the update
+    they point into v2's one array: a hit through the array shows through last_hits."""
+    v1, v2 = fixture_binary("interior", "v1"), fixture_binary("interior", "v2")
+    index = n // 10
+    with start_server(v1) as server, LineClient(server.port) as client:
+        assert client.command("HIT 35") == "v1 30-40 hits=1"
+        assert client.command(f"HIT {n}") == f"v1 {last} hits=1"
+        assert client.command(f"HIT {n + 1}") == f"v1 {last} hits=2"
+        hits = ["0", "0", "0", "1"]
+        hits[index] = "2"
+        assert client.command("LAST") == f"v1 last={last} hits=2 all={','.join(hits)}"
+        result = run_tool("attach", str(server.pid), "--new", str(v2))
+        assert result.returncode == 0, result.stderr
+        assert client.command("LAST") == f"v2 last={last} hits=2 sum=0 all={','.join(hits)}"
+        assert client.command(f"HIT {n}") == f"v2 {last} hits=3 sum={n}"
+        hits[index] = "3"
+        assert client.command("LAST") == f"v2 last={last} hits=3 sum={n} all={','.join(hits)}"
