@@ -50,7 +50,8 @@ def test_a_rolled_back_update_reports_its_pause() -> None:
     with start_server(fixture_binary("kvstore", "v1")) as server, KvClient(server.port) as client:
         client.set("kept", "yes")
         crash = str(fixture_binary("faulty", "v2-crash"))
-        result = run_tool("attach", str(server.pid), "--new", crash, "--json")
+        allow = "--allow-drop"  # v1 -> v2 drops state; not what is tested here
+        result = run_tool("attach", str(server.pid), "--new", crash, allow, "--json")
         assert result.returncode == 11, result.stderr
         report = json.loads(result.stdout)
         assert report["outcome"] == "rolled back"
@@ -59,7 +60,7 @@ def test_a_rolled_back_update_reports_its_pause() -> None:
         after_stop = phases["capture"] + phases["exec"] + phases["restore"] + phases["rollback"]
         assert after_stop <= report["pause"] + 1e-3
         assert "table" in report["moved"]  # v1's own state, restored
-        text = run_tool("attach", str(server.pid), "--new", crash)
+        text = run_tool("attach", str(server.pid), "--new", crash, allow)
         assert "pause: 0.00 ms" not in text.stdout
         assert "until v1 ran free, rolled back" in text.stdout
         assert "restored into v1: 7 variables" in text.stdout
