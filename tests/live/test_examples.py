@@ -29,7 +29,7 @@ def run_example(*args: str, timeout: float = 120) -> str:
 
 @needs_ptrace
 def test_marking_a_server_keeps_its_client_and_its_count() -> None:
-    out = run_example("marking/update_greeter.py")
+    out = run_example("update_greeter.py")
     pid = re.search(r"started greeter v1, pid (\d+)", out)
     assert pid is not None, out
     assert "client: hello ada (greeting 1)" in out
@@ -42,7 +42,7 @@ def test_marking_a_server_keeps_its_client_and_its_count() -> None:
 
 @needs_ptrace
 def test_transformer_carries_renamed_and_rescaled_fields() -> None:
-    out = run_example("transformer/update_bank.py")
+    out = run_example("update_bank.py")
     without, with_xform, rest = out.split("$ ekiden-trace ")[1:4]
     assert "diff bank_v1 bank_v2   (exit 9)" in without  # it would drop state
     assert "struct account: field name removed (dropped, likely renamed to owner)" in without

@@ -6,34 +6,20 @@ temporary directory, shows `ekiden-trace diff` without and with
 xform_v1_v2.py, then starts v1, opens two accounts, and updates it to v2 with
 the transformer: v2 lists v1's accounts in cents, with their total.
 
-    python examples/transformer/update_bank.py      (as root, or where ptrace is allowed)
+    python examples/update_bank.py      (as root, or where ptrace is allowed)
 """
 
 from __future__ import annotations
 
-import shlex
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-XFORM = HERE / "xform_v1_v2.py"
+from build_and_run import build, ekiden_trace
 
-
-def ekiden_trace(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run the ekiden-trace command of this Python (`python -m ekiden_trace ARGS`)."""
-    return subprocess.run(
-        [sys.executable, "-m", "ekiden_trace", *args], capture_output=True, text=True
-    )
-
-
-def build(name: str, out_dir: Path) -> Path:
-    """cc $(ekiden-trace cflags) -g -O2 NAME.c, compiled from this folder."""
-    cflags = shlex.split(ekiden_trace("cflags").stdout)
-    out = out_dir / name
-    subprocess.run(["cc", *cflags, "-g", "-O2", f"{name}.c", "-o", str(out)], check=True, cwd=HERE)
-    return out
+SOURCES = Path(__file__).resolve().parent / "transformer"
+XFORM = SOURCES / "xform_v1_v2.py"
 
 
 def show(command: str, result: subprocess.CompletedProcess[str]) -> None:
@@ -54,7 +40,7 @@ def ask(bank: subprocess.Popen[str], command: str) -> list[str]:
 
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        v1, v2 = build("bank_v1", Path(tmp)), build("bank_v2", Path(tmp))
+        v1, v2 = build(SOURCES / "bank_v1.c", Path(tmp)), build(SOURCES / "bank_v2.c", Path(tmp))
         show("ekiden-trace diff bank_v1 bank_v2", ekiden_trace("diff", str(v1), str(v2)))
         show(
             "ekiden-trace diff bank_v1 bank_v2 --xform xform_v1_v2.py",

@@ -1,39 +1,25 @@
 """Mark a server, then update it while a client stays connected.
 
-Builds greeter_v1.c and greeter_v2.c (next to this file) into a temporary
+Builds marking/greeter_v1.c and marking/greeter_v2.c into a temporary
 directory with `cc $(ekiden-trace cflags) -g -O2`, starts v1, greets twice
 from one connected client, runs `ekiden-trace attach PID --new greeter_v2`,
 and greets again on the same connection: v2 answers, and its greeting count
 goes on from v1's.
 
-    python examples/marking/update_greeter.py      (as root, or where ptrace is allowed)
+    python examples/update_greeter.py      (as root, or where ptrace is allowed)
 """
 
 from __future__ import annotations
 
-import shlex
 import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from build_and_run import build, ekiden_trace
 
-
-def ekiden_trace(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run the ekiden-trace command of this Python (`python -m ekiden_trace ARGS`)."""
-    return subprocess.run(
-        [sys.executable, "-m", "ekiden_trace", *args], capture_output=True, text=True
-    )
-
-
-def build(name: str, out_dir: Path) -> Path:
-    """cc $(ekiden-trace cflags) -g -O2 NAME.c, compiled from this folder."""
-    cflags = shlex.split(ekiden_trace("cflags").stdout)
-    out = out_dir / name
-    subprocess.run(["cc", *cflags, "-g", "-O2", f"{name}.c", "-o", str(out)], check=True, cwd=HERE)
-    return out
+SOURCES = Path(__file__).resolve().parent / "marking"
 
 
 def greet(client: socket.socket, name: str) -> str:
@@ -44,7 +30,10 @@ def greet(client: socket.socket, name: str) -> str:
 
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        v1, v2 = build("greeter_v1", Path(tmp)), build("greeter_v2", Path(tmp))
+        v1, v2 = (
+            build(SOURCES / "greeter_v1.c", Path(tmp)),
+            build(SOURCES / "greeter_v2.c", Path(tmp)),
+        )
         server = subprocess.Popen([v1, "0"], stdout=subprocess.PIPE, text=True)
         try:
             assert server.stdout is not None
