@@ -264,7 +264,7 @@ def points_json(program: Program) -> dict[str, Any]:
     """Marks of a binary as a JSON-ready dict."""
     return {
         "format": POINTS_FORMAT,
-        "binary": str(program.path),
+        "binary": program.name,
         "build_id": program.build_id,
         "points": [
             {
@@ -295,7 +295,7 @@ def points_json(program: Program) -> dict[str, Any]:
 def points_text(program: Program) -> str:
     """Marks of a binary as aligned text tables."""
     data = points_json(program)
-    lines = [f"{program.path} (build-id {program.build_id})", "", "update points:"]
+    lines = [f"{program.name} (build-id {program.build_id})", "", "update points:"]
     lines += [
         f"  {p['name']:<16} {p['function'] or '??':<20} {p['file']}:{p['line']}"
         for p in data["points"]
@@ -318,8 +318,8 @@ def plan_json(plan: UpdatePlan) -> dict[str, Any]:
     """An update plan as a JSON-ready dict."""
     return {
         "format": DIFF_FORMAT,
-        "old": str(plan.old.path),
-        "new": str(plan.new.path),
+        "old": plan.old.name,
+        "new": plan.new.name,
         "ok": plan.ok,
         "variables": [
             {
@@ -352,7 +352,7 @@ def plan_json(plan: UpdatePlan) -> dict[str, Any]:
 
 def plan_text(plan: UpdatePlan) -> str:
     """An update plan for people: each variable, each changed type, and what blocks."""
-    lines = [f"{plan.old.path} -> {plan.new.path}", "", "tagged variables:"]
+    lines = [f"{plan.old.name} -> {plan.new.name}", "", "tagged variables:"]
     for v in plan.variables:
         types = f"{v.old.c_type if v.old else '-'} -> {v.new.c_type if v.new else '-'}"
         lines.append(f"  {v.key:<34} {v.action:<18} {types}")

@@ -121,12 +121,13 @@ def _c_string(blob: bytes, start: int) -> str:
 class ElfBinary:
     """An x86-64 ELF file opened for reading; raises BinaryError when unusable."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, name: str | None = None) -> None:
         self.path = Path(path)
+        self.name = name or str(self.path)  # what messages call it (path may be /proc/self/fd/N)
         if not self.path.exists():
-            raise BinaryError(f"{self.path} does not exist; give the path of a compiled binary.")
+            raise BinaryError(f"{self.name} does not exist; give the path of a compiled binary.")
         if not self.path.is_file():
-            raise BinaryError(f"{self.path} is not a regular file; give the path of a binary.")
+            raise BinaryError(f"{self.name} is not a regular file; give the path of a binary.")
         self._file: BinaryIO = self.path.open("rb")
         self._size = self.path.stat().st_size
         try:
@@ -146,14 +147,14 @@ class ElfBinary:
         raw = self._file.read(_HEADER.size)
         if len(raw) < _HEADER.size or raw[:4] != b"\x7fELF":
             raise BinaryError(
-                f"{self.path} is not an ELF file; give a compiled program, not a script or data."
+                f"{self.name} is not an ELF file; give a compiled program, not a script or data."
             )
         header = _Header._make(_HEADER.unpack(raw))
         bits = 64 if header.ident[4] == 2 else 32
         if header.machine != EM_X86_64 or bits != 64 or header.ident[5] != 1:  # x32: 32-bit
             name = _MACHINES.get(header.machine, f"machine {header.machine}")
             raise BinaryError(
-                f"{self.path} is built for {name} ({bits}-bit); ekiden-trace handles "
+                f"{self.name} is built for {name} ({bits}-bit); ekiden-trace handles "
                 "64-bit x86-64 programs only."
             )
         if (header.phnum and header.phentsize != _SEGMENT.size) or (
@@ -195,7 +196,7 @@ class ElfBinary:
         return self._file.read(size)
 
     def _damaged(self) -> BinaryError:
-        return BinaryError(f"{self.path} is truncated or damaged; rebuild or copy it again.")
+        return BinaryError(f"{self.name} is truncated or damaged; rebuild or copy it again.")
 
     def _complete(self) -> bool:
         """Every section and segment lies within the file."""
@@ -247,6 +248,13 @@ class ElfBinary:
             if seg.type == PT_INTERP:
                 return _c_string(self._read(seg.offset, seg.filesz), 0)
         return None
+
+    def section_data(self, name: str) -> bytes | None:
+        """The bytes of a section, or None when absent or without bytes in the file."""
+        section = self._by_name.get(name)
+        if section is None or section.type == SHT_NOBITS:
+            return None
+        return self._read(section.offset, section.size)
 
     def section_address(self, name: str) -> int | None:
         """The link-time address of a section, or None when absent."""

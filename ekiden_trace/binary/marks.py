@@ -88,7 +88,7 @@ def read_marks(binary: ElfBinary) -> Marks:
                 marks.control = pc
     if marks.control is None:
         raise BinaryError(
-            f"{binary.path} has no ekiden marks; include probes/ekiden.h "
+            f"{binary.name} has no ekiden marks; include probes/ekiden.h "
             "(see `ekiden-trace cflags`) and mark its update points and state."
         )
     return marks

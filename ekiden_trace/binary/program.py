@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
+from ekiden_trace.binary.debuginfo import find_debug_file, missing_debug_info
 from ekiden_trace.binary.dwarf.index import DebugIndex, Variable
 from ekiden_trace.binary.dwarf.types import byte_size, c_name
 from ekiden_trace.binary.elf import ElfBinary, Symbol
@@ -100,17 +101,18 @@ class SymbolTable:
 class Program:
     """A marked binary: its points, tagged variables and hints, resolved through DWARF."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.elf = ElfBinary(path)
+    def __init__(self, path: str | Path, name: str | None = None) -> None:
+        """Read the binary at `path`; `name` is what messages call it (its path by default)."""
+        self.elf = ElfBinary(path, name)
         self.path = self.elf.path
+        self.name = self.elf.name
         self.marks: Marks = read_marks(self.elf)
-        if not self.elf.has_debug_info:
-            stripped = "is stripped" if not self.elf.has_symtab else "has no DWARF debug info"
-            raise BinaryError(
-                f"{self.path} {stripped}; ekiden-trace reads state through DWARF, so build it "
-                "with -g and run the unstripped binary."
-            )
-        self.index = DebugIndex.load(str(self.path))
+        origin = (name or str(path)).removesuffix(" (deleted)")
+        lookup = find_debug_file(self.elf, origin)
+        if lookup.path is None:
+            raise missing_debug_info(self.elf, origin, lookup)
+        self.debug_path = lookup.path  # the binary itself, or its separate debug file
+        self.index = DebugIndex.load(self.debug_path)
         self.hints = Hints.from_marks(self.marks.hints)
 
     @property
@@ -119,7 +121,11 @@ class Program:
 
     @cached_property
     def symbols(self) -> SymbolTable:
-        return SymbolTable(self.elf.symbols())
+        """Its symbols, from its debug file's full table when the binary is stripped."""
+        if self.elf.has_symtab or self.debug_path == str(self.path):
+            return SymbolTable(self.elf.symbols())
+        with ElfBinary(self.debug_path) as debug:
+            return SymbolTable(debug.symbols())
 
     @cached_property
     def points(self) -> list[UpdatePoint]:
@@ -152,7 +158,7 @@ class Program:
                 where = self.index.line_at(mark.pc)
                 at = f"{where[0]}:{where[1]}" if where else mark.file
                 raise BinaryError(
-                    f"the tag of `{mark.name}` at {at} names no variable in {self.path}'s "
+                    f"the tag of `{mark.name}` at {at} names no variable in {self.name}'s "
                     "debug info; tag a plain variable name and rebuild with -g."
                 )
             types = self.index.types

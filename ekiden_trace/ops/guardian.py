@@ -20,12 +20,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ekiden_trace.binary.dwarf.cache import cache_dir
 from ekiden_trace.errors import EkidenError, TargetError
 from ekiden_trace.faults import KILL_ENV
-from ekiden_trace.ops.rollback import GuardState, roll_back_to
+from ekiden_trace.ops.rollback import GuardState, own_fds, roll_back_to
 from ekiden_trace.target.tracee import give_cpus
 
 SEIZE_PATIENCE = 10.0
@@ -36,12 +37,15 @@ INLINE_OBJECTS = 2_000  # up to this many heap objects, the state is written dur
 class Guardian:
     """The tool's side: start the guardian, hand it the state, tell it when all is done."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: Sequence[int | None] = ()) -> None:
+        """Start the guardian; it inherits the tool's fds `keep` under the same numbers (the
+        old version's image, held open, so a rollback finds it whatever its path holds)."""
         env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ekiden_trace", "_guard"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            pass_fds=[fd for fd in keep if fd is not None],
             start_new_session=True,  # a Ctrl-C meant for the tool does not reach it
             env=env,
         )
@@ -194,23 +198,22 @@ def _seize_when_free(pid: int):
 
 def rescue(state: GuardState) -> bool:
     """Roll the target back if the dead tool left it mid-update; True if it did."""
-    from ekiden_trace.binary.files import same_file
+    from ekiden_trace.binary.files import hold, same_file
     from ekiden_trace.binary.program import Program
     from ekiden_trace.state.backend import program_bias
-    from ekiden_trace.state.control import STOP_FUNCTION, ControlBlock
+    from ekiden_trace.state.control import ControlBlock, mark_injector
     from ekiden_trace.state.rendezvous import leave
     from ekiden_trace.target import procfs
-    from ekiden_trace.target.inject import Injector
 
     tracee = _seize_when_free(state.pid)
     try:
-        running = Program(procfs.exe_link(state.pid))
+        running = Program(hold(procfs.exe_path(state.pid)), procfs.exe_link(state.pid))
         bias = program_bias(state.pid, running)
         control = ControlBlock(tracee, running.marks.control + bias)
-        injector = Injector.for_tracee(tracee, str(running.path), STOP_FUNCTION, bias)
+        injector = mark_injector(tracee, running, bias)
         if not control.is_guarded():
             if same_file(running.path, state.old_path):
-                injector.restore_cloexec(state.cleared)  # died before the exec
+                injector.restore_cloexec(state.cleared, own_fds(state))  # died before the exec
             return False  # or the new version already has all its state
         roll_back_to(injector, Program(state.old_path), state)
         return True

@@ -5,9 +5,7 @@ Each check reads files and /proc only; none stops the process.
 
 from __future__ import annotations
 
-import os
-
-from ekiden_trace.binary.files import same_file
+from ekiden_trace.binary.files import hold, same_file
 from ekiden_trace.binary.program import Program
 from ekiden_trace.errors import BinaryError, TargetError
 from ekiden_trace.target import procfs
@@ -59,10 +57,13 @@ def check_reachable(pid: int, new: Program) -> None:
 
 
 def program_of(pid: int) -> Program:
-    """The marked program a process runs, read from its executable (before touching it)."""
+    """The marked program a process runs, read from the very image it runs (before touching
+    it), never from its path: a package upgrade may have renamed a new file over that path,
+    or deleted it.  The image is held open for the tool's life (`hold`)."""
     check_traceable(pid)
     try:
-        exe = procfs.exe_link(pid)
+        name = procfs.exe_link(pid)
+        held = hold(procfs.exe_path(pid))
     except PermissionError:
         raise TargetError(
             f"process {pid} belongs to another user and its executable cannot be read; "
@@ -72,8 +73,7 @@ def program_of(pid: int) -> Program:
         raise TargetError(
             f"process {pid} has no executable (a kernel thread?); pick a user process."
         ) from None
-    path = exe if os.path.exists(exe) else procfs.exe_path(pid)
-    return Program(path)
+    return Program(held, name)
 
 
 def check_point(program: Program, point: str | None) -> None:

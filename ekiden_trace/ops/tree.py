@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
+from ekiden_trace.binary.files import same_file
 from ekiden_trace.errors import EkidenError
 from ekiden_trace.ops.interrupts import Interrupted
 from ekiden_trace.ops.update import RolledBack, UpdateOptions, UpdateReport, prepare, update
@@ -12,15 +12,16 @@ from ekiden_trace.target import procfs
 
 
 def tree_of(pid: int) -> list[int]:
-    """pid and its descendants that run the same executable, deepest first."""
+    """pid and its descendants that run the same executable file (the same image, even
+    when its path now holds another file), deepest first."""
     children = procfs.children_by_parent()
-    exe = os.path.realpath(procfs.exe_path(pid))
+    exe = procfs.exe_path(pid)
     order: list[int] = []
 
     def visit(current: int) -> None:
         for child in children.get(current, []):
             visit(child)
-        if current == pid or os.path.realpath(procfs.exe_path(current)) == exe:
+        if current == pid or same_file(procfs.exe_path(current), exe):
             order.append(current)
 
     visit(pid)

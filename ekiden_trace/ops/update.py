@@ -19,26 +19,30 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ekiden_trace.binary.files import file_identity
+from ekiden_trace.binary.files import file_identity, held_descriptor
 from ekiden_trace.binary.program import Program
 from ekiden_trace.errors import BinaryError, EkidenError
 from ekiden_trace.faults import kill_point
 from ekiden_trace.ops.guardian import Guardian
 from ekiden_trace.ops.inspect import capture_stopped
 from ekiden_trace.ops.preflight import check_point, check_reachable, check_trusted, program_of
-from ekiden_trace.ops.rollback import GuardState, roll_back_to
+from ekiden_trace.ops.rollback import GuardState, own_fds, roll_back_to
 from ekiden_trace.plan.planner import UpdatePlan, describe_drop, plan_update
 from ekiden_trace.plan.transformers import Transformers, load_transformers
 from ekiden_trace.state.backend import RestoreFailed
 from ekiden_trace.state.checks import check_snapshot
-from ekiden_trace.state.control import STOP_FUNCTION, ControlBlock, choose_stop_signal
+from ekiden_trace.state.control import (
+    ControlBlock,
+    choose_stop_signal,
+    find_mark_gadget,
+    mark_injector,
+)
 from ekiden_trace.state.rendezvous import halt, leave, wait_for_point
 from ekiden_trace.state.restore import Restorer, RestoreResult
 from ekiden_trace.state.snapshot import Snapshot
 from ekiden_trace.target import procfs
 from ekiden_trace.target.address_space import LiveProcess
-from ekiden_trace.target.images import file_gadget
-from ekiden_trace.target.inject import Injector, find_function
+from ekiden_trace.target.inject import InjectionError, Injector, find_function
 from ekiden_trace.target.tracee import Tracee, sharing_cpu
 
 
@@ -173,7 +177,7 @@ def _warm(*programs: Program) -> None:
     symbol table and its file decoded for the `syscall` of its marks (and so its image)."""
     for program in programs:
         _ = program.symbols
-        file_gadget(str(program.path), STOP_FUNCTION)
+        find_mark_gadget(program)
 
 
 @contextlib.contextmanager
@@ -192,9 +196,9 @@ def _no_gc() -> Iterator[None]:
 @_no_gc()
 def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -> UpdateReport:
     """Update process `pid` to options.new; raises with the process running v1 on failure."""
-    report = UpdateReport(pid, os.path.realpath(procfs.exe_path(pid)), options.new)
-    clock = _Clock(report)
     prepared = prepared or prepare(pid, options)
+    report = UpdateReport(pid, prepared.old.name, options.new)
+    clock = _Clock(report)
     old, plan = prepared.old, prepared.plan
     check_reachable(pid, prepared.new)
     check_trusted(pid, prepared.new, options.force)
@@ -210,7 +214,7 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
     # The new version loads the same libc: resolving malloc now parses its symbols
     # (cached by file) before the pause instead of during the restore.
     find_function(pid, "malloc")
-    guardian = Guardian()
+    guardian = Guardian(keep=[held_descriptor(old.path)])
     clock.lap("plan")
     tracee = Tracee.seize(pid)
     kill_point("attached")
@@ -218,7 +222,7 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
     try:
         control.check()
         signo = choose_stop_signal(tracee)
-        injector = Injector.for_tracee(tracee, str(old.path), STOP_FUNCTION, live.bias)
+        injector = mark_injector(tracee, old, live.bias)
         report.point = wait_for_point(tracee, control, signo, options.point, options.timeout).what
         clock.lap("wait")
         clock.pause_starts()
@@ -229,6 +233,7 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
             state = GuardState(
                 pid,
                 str(old.path),
+                old.name,
                 snapshot,
                 report.point,
                 signo,
@@ -270,13 +275,15 @@ def _exec_new(
 ) -> None:
     """Hand the state to the guardian, then exec the new version in place with every fd kept
     open; on failure the process runs v1 as before."""
+    with contextlib.suppress(InjectionError):  # no /proc in its root: roll back by path
+        state.image_fd = injector.open_path(b"/proc/self/exe", os.O_RDONLY)
     state.cleared = injector.clear_cloexec(procfs.open_fds(state.pid))
     guardian.hand_over(state)
     kill_point("cloexec")
     try:
         injector.exec_in_place(new_path, argv, state.envp)
     except EkidenError:
-        injector.restore_cloexec(state.cleared)
+        injector.restore_cloexec(state.cleared, own_fds(state))
         raise
 
 
@@ -311,7 +318,7 @@ def _restore_new(tracee: Tracee, prepared: Prepared, state: GuardState, clock: _
         raise RolledBack(
             f"the update failed after the exec and was rolled back: {failure}", report, failure
         ) from None
-    restorer.injector.restore_cloexec(state.cleared)
+    restorer.injector.restore_cloexec(state.cleared, own_fds(state))
     _record(report, result)
 
 

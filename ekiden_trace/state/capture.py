@@ -83,7 +83,7 @@ class Capturer:
             self._point_into_enclosing(variables)
         return Snapshot(
             pid=self.tracee.pid,
-            binary=str(self.program.path),
+            binary=self.program.name,
             build_id=self.program.build_id,
             stop=stop,
             variables=variables,

@@ -10,7 +10,10 @@ import signal
 import struct
 from dataclasses import dataclass
 
+from ekiden_trace.binary.program import Program
 from ekiden_trace.errors import TargetError
+from ekiden_trace.target.images import file_gadget
+from ekiden_trace.target.inject import Injector
 from ekiden_trace.target.tracee import Tracee
 
 MAGIC = 0x4E444B45
@@ -18,6 +21,19 @@ ABI_VERSION = 1
 KIND_POINT, KIND_TAG = 1, 2
 # The marks' slow path: the function a mark stops in, whose `syscall`s raise the stop signal.
 STOP_FUNCTION = "ekiden__stop"
+
+
+def find_mark_gadget(program: Program) -> None:
+    """Decode the `syscall` of the marks' slow path from the program's file (and its debug
+    file's symbols, when stripped) now, before a pause needs it: cached by path."""
+    file_gadget(str(program.path), STOP_FUNCTION, program.debug_path)
+
+
+def mark_injector(tracee: Tracee, program: Program, bias: int) -> Injector:
+    """An injector for a process running `program` at load bias `bias`, through the
+    `syscall` of its marks' slow path (one read confirms it), else any other gadget."""
+    return Injector.for_tracee(tracee, str(program.path), STOP_FUNCTION, bias, program.debug_path)
+
 
 OFF_MAGIC = 0
 OFF_ARMED = 8

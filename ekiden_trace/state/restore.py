@@ -30,7 +30,7 @@ from ekiden_trace.faults import fault_point, kill_point
 from ekiden_trace.plan.planner import UpdatePlan
 from ekiden_trace.plan.transformers import Transformers, run_transformer
 from ekiden_trace.state.backend import ProcessBackend, RestoreFailed, program_bias
-from ekiden_trace.state.control import KIND_POINT, KIND_TAG, STOP_FUNCTION, ControlBlock, MarkStop
+from ekiden_trace.state.control import KIND_POINT, KIND_TAG, ControlBlock, MarkStop, mark_injector
 from ekiden_trace.state.encode import Encoder
 from ekiden_trace.state.locate import frame_functions
 from ekiden_trace.state.rendezvous import halt
@@ -38,7 +38,6 @@ from ekiden_trace.state.snapshot import Snapshot
 from ekiden_trace.state.views import View
 from ekiden_trace.target.address_space import LiveProcess
 from ekiden_trace.target.images import SYSCALL_BYTES
-from ekiden_trace.target.inject import Injector
 from ekiden_trace.target.ptrace import user_regs_struct
 from ekiden_trace.target.tracee import Tracee
 
@@ -92,7 +91,7 @@ class Restorer:
         self.held = held
         self.bias = program_bias(tracee.pid, self.new)
         self.control = ControlBlock(tracee, self.new.marks.control + self.bias)
-        self.injector = Injector.for_tracee(tracee, str(self.new.path), STOP_FUNCTION, self.bias)
+        self.injector = mark_injector(tracee, self.new, self.bias)
         self.backend = ProcessBackend(self.injector, self.new, self.bias)
         self.encoder = Encoder(plan.old, self.new, snapshot, transformers, self.backend)
         # Guard the new version at once: if the tool dies from here on, its marks wait

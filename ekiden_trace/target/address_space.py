@@ -27,7 +27,8 @@ STACK_UNKNOWN = 8 << 20  # bounds the unwind of a stack pointer outside any mapp
 class Module:
     """A mapped ELF file: its runtime extent, load bias and symbols."""
 
-    path: str
+    path: str  # as /proc/PID/maps shows it
+    file: str  # a path that opens the very file mapped
     start: int
     end: int
     bias: int
@@ -61,14 +62,14 @@ class LiveProcess:
         if bias is None:
             raise TargetError(
                 f"process {pid} runs {os.path.realpath(procfs.exe_path(pid))}, "
-                f"not {program.path}; give the binary the process was started from."
+                f"not {program.name}; give the binary the process was started from."
             )
         self.bias = bias
         self._set_maps(procfs.maps(pid))
         self.modules = self._modules()
-        self._main = next(m for m in self.modules if same_file(m.path, program.path))
+        self._main = next(m for m in self.modules if same_file(m.file, program.path))
         self._module_map = ModuleMap(
-            [(m.start, m.end, m.bias, m.path, _call_frame_table(m.path)) for m in self.modules]
+            [(m.start, m.end, m.bias, m.path, _call_frame_table(m.file)) for m in self.modules]
         )
 
     def _set_maps(self, maps: list[Mapping]) -> None:
@@ -84,13 +85,13 @@ class LiveProcess:
         """The ELF files mapped in the process, the program's own with its full symbols."""
         modules = []
         for image in mapped_images(self.pid, self.maps):
-            if same_file(image.path, self.program.path):
+            if same_file(image.file, self.program.path):
                 symbols = self.program.symbols
             else:
                 symbols = SymbolTable(image.image.symbols)
             start = min(m.start for m in image.mappings)
             end = max(m.end for m in image.mappings)
-            modules.append(Module(image.path, start, end, image.bias, symbols))
+            modules.append(Module(image.path, image.file, start, end, image.bias, symbols))
         return modules
 
     def mapping_at(self, addr: int) -> Mapping | None:

@@ -58,9 +58,11 @@ class ElfImage:
 
 @dataclass(frozen=True)
 class MappedImage:
-    """An ELF file mapped in a process: its path, load bias and mappings."""
+    """An ELF file mapped in a process: its path as /proc/PID/maps shows it, a path that
+    opens the very file mapped (even deleted), its load bias and mappings."""
 
     path: str
+    file: str
     bias: int
     image: ElfImage
     mappings: tuple[Mapping, ...]
@@ -74,7 +76,7 @@ class MappedImage:
 
 _images: dict[tuple[int, ...], ElfImage | None] = {}
 _gadgets: dict[str, int] = {}
-_file_gadgets: dict[tuple[str, str], tuple[int, bytes] | None] = {}
+_file_gadgets: dict[tuple[str, str, str], tuple[int, bytes] | None] = {}
 
 
 def load_image(path: str) -> ElfImage | None:
@@ -127,12 +129,14 @@ def mapped_images(pid: int, maps: list[Mapping] | None = None) -> list[MappedIma
     for path, mappings in sorted(by_path.items(), key=lambda item: item[0] != exe):
         first = min(mappings, key=lambda m: m.start)
         # map_files opens the very file mapped, even when deleted or outside our root.
-        image = load_image(procfs.map_file_path(pid, first.start, first.end))
+        file = procfs.map_file_path(pid, first.start, first.end)
+        image = load_image(file)
         if image is None:
+            file = path
             image = load_image(path)
         if image is not None:
             bias = first.start - first.offset - image.load_delta
-            images.append(MappedImage(path, bias, image, tuple(mappings)))
+            images.append(MappedImage(path, file, bias, image, tuple(mappings)))
     return images
 
 
@@ -202,19 +206,21 @@ def image_gadget(read: Reader, mapped: MappedImage) -> int | None:
     return None
 
 
-def file_gadget(path: str, function: str) -> tuple[int, bytes] | None:
+def file_gadget(path: str, function: str, symbols: str | None = None) -> tuple[int, bytes] | None:
     """The first `syscall` of `function` in the file `path`, decoded from the file (no process
     needed): (the function's link-time address, its code up to and including the syscall).
-    Cached by path; whoever uses it checks first that the code in the process is this code."""
-    key = (path, function)
+    `symbols` is the file whose symbol table names the function, when not `path` itself (a
+    stripped binary's debug file).  Cached by paths; whoever uses it checks first that the
+    code in the process is this code."""
+    key = (path, function, symbols or path)
     if key not in _file_gadgets:
-        _file_gadgets[key] = _decode_file_gadget(path, function)
+        _file_gadgets[key] = _decode_file_gadget(*key)
     return _file_gadgets[key]
 
 
-def _decode_file_gadget(path: str, function: str) -> tuple[int, bytes] | None:
-    image = load_image(path)
-    symbol = image.functions.get(function) if image is not None else None
+def _decode_file_gadget(path: str, function: str, symbols: str) -> tuple[int, bytes] | None:
+    image, named = load_image(path), load_image(symbols)
+    symbol = named.functions.get(function) if named is not None else None
     if image is None or symbol is None or symbol.ifunc:
         return None
     for vaddr, offset, size in image.code:

@@ -76,8 +76,13 @@ SCRATCH_SIZE = 1 << 20  # the injector's scratch area
 NR_MMAP = 9
 NR_MPROTECT = 10
 NR_MUNMAP = 11
+NR_CLOSE = 3
 NR_FCNTL = 72
 NR_EXECVE = 59
+NR_OPENAT = 257
+NR_EXECVEAT = 322
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
 
 _PAGE = mmap.PAGESIZE
 _WORD = (1 << 64) - 1
@@ -549,15 +554,21 @@ class Injector:
 
     @classmethod
     def for_tracee(
-        cls, tracee: Tracee, program: str | None = None, function: str = "", bias: int = 0
+        cls,
+        tracee: Tracee,
+        program: str | None = None,
+        function: str = "",
+        bias: int = 0,
+        symbols: str | None = None,
     ) -> Injector:
         """An injector whose gadget is the first `syscall` of `function` in the program file
         `program`, loaded at `bias`, when the process has that code there.  The instruction
         is found in the file beforehand (file_gadget, cached), so here one read confirms it:
         fast enough for a pause.  Otherwise, or without a program, any other gadget is
-        searched (find_syscall_gadget: slow the first time, it parses the mapped files)."""
+        searched (find_syscall_gadget: slow the first time, it parses the mapped files).
+        `symbols` names the file whose symbols hold `function` when the program is stripped."""
         if program is not None:
-            found = images.file_gadget(program, function)
+            found = images.file_gadget(program, function, symbols)
             if found is not None:
                 start, code = found
                 if images.read_or_empty(tracee.read, start + bias, len(code)) == code:
@@ -588,7 +599,7 @@ class Injector:
         results in order.  execve is refused: use syscall or exec_in_place."""
         if not calls:
             return []
-        if any(nr == NR_EXECVE for nr, _ in calls):
+        if any(nr in (NR_EXECVE, NR_EXECVEAT) for nr, _ in calls):
             raise ValueError("execve cannot run in a batch of system calls")
         numbers = ", ".join(str(nr) for nr, _ in calls)
         saved = _Saved(self.tracee, f"system calls {numbers}", vector_state=False)
@@ -808,15 +819,30 @@ class Injector:
             raise
         return flagged
 
-    def restore_cloexec(self, fds: Sequence[int]) -> None:
-        """Set FD_CLOEXEC again on `fds` (the list clear_cloexec returned)."""
-        self._set_fd_flags(fds, fcntl.FD_CLOEXEC)
+    def restore_cloexec(self, fds: Sequence[int], close: Sequence[int] = ()) -> None:
+        """Set FD_CLOEXEC again on `fds` (the list clear_cloexec returned) and close the fds
+        of `close`, in one injection."""
+        self._set_fd_flags(fds, fcntl.FD_CLOEXEC, close)
 
-    def _set_fd_flags(self, fds: Sequence[int], flags: int) -> None:
-        """fcntl(fd, F_SETFD, flags) for every fd, in one injection."""
+    def _set_fd_flags(self, fds: Sequence[int], flags: int, close: Sequence[int] = ()) -> None:
+        """fcntl(fd, F_SETFD, flags) for every fd, then close(fd) for those of `close`, in
+        one injection."""
         calls = [(NR_FCNTL, (fd, fcntl.F_SETFD, flags)) for fd in fds]
-        for fd, result in zip(fds, self.syscalls(calls), strict=True):
-            _check(self.tracee, result, f"fcntl({fd}, {fcntl.F_SETFD}, {flags})")
+        calls += [(NR_CLOSE, (fd,)) for fd in close]
+        labels = [f"fcntl({fd}, {fcntl.F_SETFD}, {flags})" for fd in fds]
+        labels += [f"close({fd})" for fd in close]
+        for label, result in zip(labels, self.syscalls(calls), strict=True):
+            _check(self.tracee, result, label)
+
+    def open_path(self, path: bytes, flags: int) -> int:
+        """openat(AT_FDCWD, path, flags) in the tracee, the path written below its stack
+        pointer; the new fd, or InjectionError naming the errno."""
+        base = _stack_room(self.tracee, len(path) + 1)
+        if base is None:
+            raise InjectionError(f"process {self.tracee.pid} has no stack room for a path.")
+        self.tracee.write(base, path + b"\0")
+        result = self.syscall(NR_OPENAT, AT_FDCWD, base, flags)
+        return _check(self.tracee, result, f"open of {os.fsdecode(path)}")
 
     # -- exec in place -------------------------------------------------------------
 
@@ -826,9 +852,12 @@ class Injector:
         argv: Sequence[bytes],
         envp: Sequence[bytes],
         *,
+        fd: int | None = None,
         timeout: float = TIMEOUT,
     ) -> None:
         """Make the tracee execve(path, argv, envp): same PID, same fds without FD_CLOEXEC.
+        With `fd` (an fd of the tracee), it execs that very file instead of a path:
+        execveat(fd, "", argv, envp, AT_EMPTY_PATH).
 
         On success the tracee rests in an interrupt stop at the new program's
         entry point, before its first instruction; the signal of the stop it was
@@ -854,7 +883,11 @@ class Injector:
         try:
             block, path_addr, argv_addr, envp_addr = _exec_block(base, raw_path, argv, envp)
             tracee.write(base, block)
-            result = self.syscall(NR_EXECVE, path_addr, argv_addr, envp_addr, timeout=timeout)
+            if fd is None:
+                call = (NR_EXECVE, path_addr, argv_addr, envp_addr)
+            else:
+                call = (NR_EXECVEAT, fd, path_addr, argv_addr, envp_addr, AT_EMPTY_PATH)
+            result = self.syscall(*call, timeout=timeout)
         except BaseException:
             if scratch is not None and tracee.alive and tracee.stopped:
                 with contextlib.suppress(EkidenError, OSError):
@@ -863,7 +896,8 @@ class Injector:
         if result:
             if scratch is not None:
                 self.munmap(scratch, _round_up(size))
+            what = os.fsdecode(raw_path) if fd is None else f"the file of fd {fd}"
             raise InjectionError(
-                f"execve of {os.fsdecode(raw_path)} in process {tracee.pid} failed with "
+                f"execve of {what} in process {tracee.pid} failed with "
                 f"{_errno_text(-result)}; the old program runs on unchanged."
             )

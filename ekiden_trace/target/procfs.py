@@ -45,6 +45,11 @@ def root_path(pid: int, path: str) -> str:
     return f"/proc/{pid}/root{path}"
 
 
+def fd_path(pid: int, fd: int) -> str:
+    """/proc/PID/fd/FD: opens (or stats) the very file `fd` of `pid` is open on."""
+    return f"/proc/{pid}/fd/{fd}"
+
+
 def fdinfo_path(pid: int, fd: int) -> str:
     """/proc/PID/fdinfo/FD."""
     return f"/proc/{pid}/fdinfo/{fd}"
