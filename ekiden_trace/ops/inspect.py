@@ -81,7 +81,9 @@ def inspect(pid: int, options: InspectOptions) -> Snapshot:
             control = ControlBlock(tracee, program.marks.control + live.bias)
             control.check()
             signo = choose_stop_signal(tracee)
-            point = wait_for_point(tracee, control, signo, options.point, options.timeout).what
+            point = wait_for_point(
+                tracee, control, signo, options.point, options.timeout, live
+            ).what
         return capture_stopped(live, tracee, point, options.now)
     finally:
         leave(tracee, control)

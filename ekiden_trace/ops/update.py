@@ -223,7 +223,9 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
         control.check()
         signo = choose_stop_signal(tracee)
         injector = mark_injector(tracee, old, live.bias)
-        report.point = wait_for_point(tracee, control, signo, options.point, options.timeout).what
+        report.point = wait_for_point(
+            tracee, control, signo, options.point, options.timeout, live
+        ).what
         clock.lap("wait")
         clock.pause_starts()
         guardian.watch_cpus(pid)

@@ -8,14 +8,17 @@ heads quickly.
 
 from __future__ import annotations
 
+import os
 import time
 
-from ekiden_trace.errors import TargetExited, WaitTimeout
+from ekiden_trace.errors import EkidenError, TargetExited, WaitTimeout
 from ekiden_trace.faults import kill_point
 from ekiden_trace.state.control import KIND_POINT, ControlBlock, MarkStop
+from ekiden_trace.target.address_space import LiveProcess
 from ekiden_trace.target.tracee import Tracee
 
 NUDGE_INTERVAL = 0.2
+SHOWN_FRAMES = 4  # how many frames a timeout names, innermost first
 
 
 def _nudge(tracee: Tracee) -> None:
@@ -24,13 +27,19 @@ def _nudge(tracee: Tracee) -> None:
 
 
 def wait_for_point(
-    tracee: Tracee, control: ControlBlock, signo: int, point: str | None, timeout: float
+    tracee: Tracee,
+    control: ControlBlock,
+    signo: int,
+    point: str | None,
+    timeout: float,
+    live: LiveProcess | None = None,
 ) -> MarkStop:
     """Resume a stopped tracee until it stops at update point `point` (any when None).
 
     Returns with the tracee stopped in the mark's slow path.  Raises
-    WaitTimeout when no matching point is reached in time; the caller then
-    releases the tracee, which leaves it running as before.
+    WaitTimeout when no matching point is reached in time, naming where the
+    process is (through `live`, when given); the caller then releases the
+    tracee, which leaves it running as before.
     """
     deadline = time.monotonic() + timeout
     control.arm(signo)
@@ -44,8 +53,10 @@ def wait_for_point(
             wanted = f"update point {point}" if point else "an update point"
             raise WaitTimeout(
                 f"process {tracee.pid} did not reach {wanted} within {timeout:g} s; it runs on "
-                "untouched. Check that the point sits on a path the program takes (a loop head), "
-                "or give a longer --timeout."
+                f"untouched.{_where(tracee, live)} Check that the point sits on a path the "
+                "program takes (a loop head); a blocking call that retries EINTR by itself "
+                "needs an update point in its retry path (see the README); or give a longer "
+                "--timeout."
             )
         try:
             stop = tracee.wait_stop(min(deadline, next_nudge) - now)
@@ -73,6 +84,33 @@ def wait_for_point(
         else:
             _nudge(tracee)
             tracee.cont()
+
+
+def _where(tracee: Tracee, live: LiveProcess | None) -> str:
+    """ " It is in F (file:line), called from G (file:line), ...": where the process stands
+    now, by the unwinder; "" when that cannot be told."""
+    if live is None:
+        return ""
+    try:
+        halt(tracee)
+        live.stopped(tracee)
+        frames = live.frames()[:SHOWN_FRAMES]
+    except (EkidenError, OSError):
+        return ""
+    names = []
+    for frame in frames:
+        name = live.code_name(frame.lookup_pc)
+        if live.region(frame.lookup_pc) == "code":
+            index, pc = live.program.index, frame.lookup_pc - live.bias
+            line = index.line_at(pc)
+            where = f" ({os.path.basename(line[0])}:{line[1]})" if line else ""
+            chain = [*index.inline_chain_at(pc), name]  # the line is in the innermost one
+            chain[0] += where
+            name = ", inlined in ".join(chain)
+        names.append(name)
+    if not names:
+        return ""
+    return f" It is in {names[0]}" + "".join(f", called from {n}" for n in names[1:]) + "."
 
 
 def halt(tracee: Tracee) -> None:
