@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -49,7 +50,7 @@ def _cmd_points(args: argparse.Namespace) -> int:
 
     program = Program(args.binary)
     if args.json:
-        print(json.dumps(points_json(program), indent=2))
+        print(_json_text(points_json(program)))
     else:
         sys.stdout.write(points_text(program))
     return 0
@@ -62,7 +63,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     options = InspectOptions(point=args.point, now=args.now, timeout=args.timeout)
     snapshot = inspect(args.pid, options)
     if args.json:
-        print(json.dumps(snapshot_json(snapshot), indent=2))
+        print(_json_text(snapshot_json(snapshot)))
     else:
         sys.stdout.write(snapshot_text(snapshot))
     return 0
@@ -76,7 +77,7 @@ def _cmd_diff(args: argparse.Namespace) -> int:
 
     plan = plan_update(Program(args.old), Program(args.new), load_transformers(args.xform))
     if args.json:
-        print(json.dumps(plan_json(plan), indent=2))
+        print(_json_text(plan_json(plan)))
     else:
         sys.stdout.write(plan_text(plan))
     if not plan.ok:
@@ -109,11 +110,26 @@ def _cmd_attach(args: argparse.Namespace) -> int:
     return 0
 
 
+def _json_text(data: object) -> str:
+    """JSON for people (indented), or on one line when stdout is systemd's journal, which
+    records each line as an entry of its own."""
+    return json.dumps(data, indent=None if _on_journal() else 2)
+
+
+def _on_journal() -> bool:
+    """True when stdout is the journal: JOURNAL_STREAM names its device and inode."""
+    try:
+        info = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError):
+        return False
+    return os.environ.get("JOURNAL_STREAM") == f"{info.st_dev}:{info.st_ino}"
+
+
 def _print_report(report: UpdateReport, as_json: bool) -> None:
     from ekiden_trace.render import report_json, report_text
 
     if as_json:
-        print(json.dumps(report_json(report), indent=2))
+        print(_json_text(report_json(report)))
     else:
         sys.stdout.write(report_text(report))
 
@@ -122,7 +138,7 @@ def _print_tree(outcomes: list[TreeOutcome], as_json: bool) -> int:
     from ekiden_trace.render import tree_json, tree_text
 
     if as_json:
-        print(json.dumps(tree_json(outcomes), indent=2))
+        print(_json_text(tree_json(outcomes)))
     else:
         sys.stdout.write(tree_text(outcomes))
     failed = sum(o.error is not None for o in outcomes)
