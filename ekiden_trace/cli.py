@@ -99,7 +99,7 @@ def _cmd_attach(args: argparse.Namespace) -> int:
         allow_drop=args.allow_drop,
     )
     if args.tree:
-        return _print_tree(update_tree(args.pid, options), args.json)
+        return _print_tree(update_tree(args.pid, options, args.leave_unupdatable), args.json)
     try:
         report = update(args.pid, options)
     except RolledBack as failure:
@@ -141,7 +141,7 @@ def _print_tree(outcomes: list[TreeOutcome], as_json: bool) -> int:
         print(_json_text(tree_json(outcomes)))
     else:
         sys.stdout.write(tree_text(outcomes))
-    failed = sum(o.error is not None for o in outcomes)
+    failed = sum(o.error is not None and not o.left for o in outcomes)
     if failed:  # each error is in the report, once
         print(
             f"ekiden-trace: {failed} of {len(outcomes)} processes were not updated.",
@@ -216,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--tree", action="store_true", help="also update every descendant running the same binary"
     )
     attach.add_argument(
+        "--leave-unupdatable",
+        action="store_true",
+        help="with --tree: leave processes that cannot exec the new version (chrooted) on "
+        "their old version, and succeed",
+    )
+    attach.add_argument(
         "--force",
         action="store_true",
         help="accept a new binary writable by others or owned by another user",
@@ -243,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "now", False) and args.point:
         parser.error("--now and --point exclude each other")
+    if getattr(args, "leave_unupdatable", False) and not args.tree:
+        parser.error("--leave-unupdatable goes with --tree")
     try:
         with aborting_on_signals():
             return args.run(args)

@@ -424,7 +424,7 @@ def tree_json(outcomes: list[TreeOutcome]) -> dict[str, Any]:
         "processes": [
             {
                 "pid": o.pid,
-                "outcome": o.report.outcome if o.report else "failed",
+                "outcome": "left" if o.left else o.report.outcome if o.report else "failed",
                 "error": str(o.error) if o.error else None,
                 "report": report_json(o.report) if o.report else None,
             }
@@ -442,7 +442,9 @@ def tree_text(outcomes: list[TreeOutcome]) -> str:
     """One line per process of a --tree update."""
     lines = []
     for o in outcomes:
-        if o.error is None and o.report is not None:
+        if o.left:
+            lines.append(f"process {o.pid}: left on its old version until it ends: {o.error}")
+        elif o.error is None and o.report is not None:
             r = o.report
             lines.append(
                 f"process {o.pid}: updated at {r.point}, pause {r.pause * 1000:.1f} ms, "
@@ -452,5 +454,9 @@ def tree_text(outcomes: list[TreeOutcome]) -> str:
             state = o.report.outcome if o.report else "not updated, still running its old version"
             lines.append(f"process {o.pid}: {state}: {_without_pid(str(o.error), o.pid)}")
     updated = sum(o.error is None for o in outcomes)
-    lines.append(f"{updated} of {len(outcomes)} processes updated")
+    left = sum(o.left for o in outcomes)
+    lines.append(
+        f"{updated} of {len(outcomes)} processes updated"
+        + (f", {left} left on their old version" if left else "")
+    )
     return "\n".join(lines) + "\n"

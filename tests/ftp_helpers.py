@@ -24,7 +24,7 @@ from clients import TIMEOUT, Server, build_fixture, fixture_binary, free_port
 from elftools.elf.elffile import ELFFile
 
 VERSIONS = ("v1", "v2", "v3")
-UPDATE_POINTS = {"accept_loop", "prelogin_loop", "postlogin_loop"}
+UPDATE_POINTS = {"accept_loop", "prelogin_loop", "postlogin_loop", "priv_loop"}
 USERS = {"alice": "wonderland", "bob": "builder"}
 SMALL = b"hello, ftp\r\nsecond line\n"
 BIG_SIZE = 5 * 1024 * 1024

@@ -12,6 +12,11 @@ from ekiden_trace.target import procfs
 from ekiden_trace.target.tracee import check_traceable
 
 
+class Unupdatable(TargetError):
+    """The process could not exec the new version itself (chrooted, or its user may not
+    execute the file); found before anything touched it."""
+
+
 def check_trusted(pid: int, new: Program, force: bool) -> None:
     """BinaryError for a new binary that others could have changed, unless forced."""
     info = new.path.stat()
@@ -35,7 +40,7 @@ def check_reachable(pid: int, new: Program) -> None:
     interpreter) seen from the process's root, executable with its credentials."""
     for path in filter(None, (str(new.path.resolve()), new.elf.interpreter)):
         if not same_file(procfs.root_path(pid, path), path):
-            raise TargetError(
+            raise Unupdatable(
                 f"process {pid} cannot see {path} from its root directory (is it chrooted?); "
                 "it could not exec the new version, so it is left as it is."
             )
@@ -50,7 +55,7 @@ def check_reachable(pid: int, new: Program) -> None:
     else:
         allowed = bool(info.st_mode & 0o001)
     if not allowed:
-        raise TargetError(
+        raise Unupdatable(
             f"process {pid} runs as uid {uid}, which may not execute {new.path}; "
             "fix the file's permissions."
         )
