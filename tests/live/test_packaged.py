@@ -88,7 +88,7 @@ def test_rollback_execs_the_image_v1_ran(change: str, tmp_path: Path) -> None:
     with start_server(path) as server, KvClient(server.port) as client:
         client.set("a", "b")
         image, fds = exe_inode(server.pid), open_fds(server.pid)
-        attach = ["attach", str(server.pid), "--new", hanging, "--timeout", "3"]
+        attach = ["attach", str(server.pid), "--new", hanging, "--timeout", "3", "--allow-drop"]
         tool = subprocess.Popen(
             [sys.executable, "-m", "ekiden_trace", *attach],
             cwd=REPO,

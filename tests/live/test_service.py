@@ -15,10 +15,10 @@ from conftest import REPO, needs_ptrace
 pytestmark = needs_ptrace
 
 # What `ExecReload=ekiden-trace attach $MAINPID --new NEW --json` runs.
-RELOAD = 'exec "$0" -m ekiden_trace attach $MAINPID --new "$1" --json --timeout 2'
+RELOAD = 'py=$0 new=$1; shift; exec "$py" -m ekiden_trace attach $MAINPID --new "$new" --json "$@"'
 
 
-def reload(pid: int, new: Path) -> tuple[int, str, str]:
+def reload(pid: int, new: Path, *extra: str) -> tuple[int, str, str]:
     """Run the reload command as systemd does: its own session (no controlling terminal),
     stdin /dev/null, MAINPID set, stdout and stderr on a stream named by JOURNAL_STREAM."""
     out_read, out_write = os.pipe()
@@ -26,7 +26,7 @@ def reload(pid: int, new: Path) -> tuple[int, str, str]:
     info = os.fstat(out_write)
     env = {**os.environ, "MAINPID": str(pid), "JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"}
     proc = subprocess.Popen(
-        ["/bin/sh", "-c", RELOAD, sys.executable, str(new)],
+        ["/bin/sh", "-c", RELOAD, sys.executable, str(new), *extra],
         stdin=subprocess.DEVNULL,
         stdout=out_write,
         stderr=err_write,
@@ -57,7 +57,8 @@ def test_reload_updates_the_main_pid_and_prints_one_journal_line() -> None:
 
 def test_failed_reload_is_one_error_line_and_the_service_runs_on() -> None:
     with start_server(fixture_binary("kvstore", "v1")) as server:
-        code, stdout, stderr = reload(server.pid, fixture_binary("faulty", "v2-crash"))
+        crashing = fixture_binary("faulty", "v2-crash")
+        code, stdout, stderr = reload(server.pid, crashing, "--allow-drop", "--timeout", "2")
         assert code == 11, stderr
         assert stderr.count("\n") == 1 and stderr.startswith("ekiden-trace: ")
         assert json.loads(stdout)["outcome"] == "rolled back"
