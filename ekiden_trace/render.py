@@ -443,7 +443,8 @@ def tree_text(outcomes: list[TreeOutcome]) -> str:
     lines = []
     for o in outcomes:
         if o.left:
-            lines.append(f"process {o.pid}: left on its old version until it ends: {o.error}")
+            reason = _without_pid(str(o.error), o.pid)
+            lines.append(f"process {o.pid}: left on its old version until it ends: {reason}")
         elif o.error is None and o.report is not None:
             r = o.report
             lines.append(
