@@ -19,6 +19,7 @@ from ekiden_trace.errors import EkidenError
 from ekiden_trace.plan.transformers import TransformerFn, Transformers, run_transformer
 from ekiden_trace.state.interior import moved_offset
 from ekiden_trace.state.snapshot import (
+    CARRIED,
     ArrayValue,
     CharArray,
     EnumValue,
@@ -125,8 +126,8 @@ class Encoder:
         value = unit.value
         if isinstance(value, bytes) or (isinstance(unit, HeapObject) and unit.string is not None):
             return []
-        if unit.count != 1:
-            return value.items if isinstance(value, ArrayValue) else list(value)
+        if unit.count != 1 or (isinstance(unit, New) and isinstance(value, list)):
+            return value.items if isinstance(value, ArrayValue) else list(value)  # ctx.array
         return [value]
 
     def _discover_unit(self, unit: Unit, found: list[Unit]) -> None:
@@ -143,7 +144,7 @@ class Encoder:
                 self._discover_object(value.target.object_id, info, found)
             return
         if isinstance(value, View):
-            value = value.raw
+            value = value.as_value()
         if isinstance(value, New):
             if value not in self._element:
                 self._element[value] = self._named_type(value.type_name)
@@ -274,14 +275,14 @@ class Encoder:
             struct.pack_into("<Q", buf, offset, self._pointer(value, info, path))
             return
         if isinstance(value, View):
-            value = value.raw
+            value = value.as_value()
         old_type = getattr(value, "type_name", None)
         transformer = self.transformers.for_type(old_type) if old_type else None
         if transformer is not None and isinstance(value, StructValue | UnionValue | EnumValue):
             old_value = wrap(value, self.snapshot)
             value = run_transformer(transformer, old_type, old_value, self.context)
             if isinstance(value, View):
-                value = value.raw
+                value = value.as_value()
         kind = info.kind
         if kind == "base" and info.encoding == "float":
             fmt = {4: "<f", 8: "<d"}.get(info.size or 0)
@@ -345,7 +346,7 @@ class Encoder:
             return self.backend.symbol_address(target.symbol) + offset
         if isinstance(target, LiteralRef):
             return self._new_string(target.text)
-        if isinstance(target, Unfollowed) and target.reason == "opaque":
+        if isinstance(target, Unfollowed) and target.reason in CARRIED:
             return value.addr
         reason = target.reason if isinstance(target, Unfollowed) else "unknown"
         raise ConversionError(

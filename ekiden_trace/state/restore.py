@@ -31,11 +31,12 @@ from ekiden_trace.plan.planner import UpdatePlan
 from ekiden_trace.plan.transformers import Transformers, run_transformer
 from ekiden_trace.state.backend import ProcessBackend, RestoreFailed, program_bias
 from ekiden_trace.state.control import KIND_POINT, KIND_TAG, ControlBlock, MarkStop, mark_injector
+from ekiden_trace.state.decode import Decoder, HeapPointer
 from ekiden_trace.state.encode import Encoder
 from ekiden_trace.state.locate import frame_functions
 from ekiden_trace.state.rendezvous import halt
-from ekiden_trace.state.snapshot import Snapshot
-from ekiden_trace.state.views import View
+from ekiden_trace.state.snapshot import NEW_ADDRESS, Snapshot, Unfollowed
+from ekiden_trace.state.views import wrap
 from ekiden_trace.target.address_space import LiveProcess
 from ekiden_trace.target.images import SYSCALL_BYTES
 from ekiden_trace.target.ptrace import user_regs_struct
@@ -223,6 +224,15 @@ class Restorer:
                 roots.append((old.value, variable.new.variable.type))
         self.encoder.materialise(roots)
 
+    def _current(self, tag: TaggedVariable, addr: int, size: int) -> Any:
+        """v2's own value of a tagged variable at its tag (for `ctx.current`); its
+        pointers are v2's addresses, carried as they are."""
+        live = LiveProcess(self.tracee.pid, self.new)
+        live.stopped(self.tracee)
+        decoder = Decoder(live, self.tracee.read, _keep_address)
+        value = decoder.decode(tag.variable.type, self.tracee.read(addr, size), 0)
+        return wrap(value, self.snapshot, tag.c_type)
+
     def _serve_tag(self, name: str, addr: int, size: int, result: RestoreResult) -> None:
         tag = self._tag_for(name, addr)
         plan = self.plan.for_key(tag.key) if tag is not None else None
@@ -237,11 +247,16 @@ class Restorer:
             produce = self.transformers.for_variable(tag.key, tag.name)
             assert produce is not None
             view = (
-                View(old.value, self.snapshot, old.c_type)
+                wrap(old.value, self.snapshot, old.c_type)
                 if old is not None and old.value is not None
                 else None
             )
-            value: Any = run_transformer(produce, tag.name, view, self.encoder.context)
+            context = self.encoder.context
+            context.producing(lambda: self._current(tag, addr, size))
+            try:
+                value: Any = run_transformer(produce, tag.name, view, context)
+            finally:
+                context.producing(None)
         else:
             if old is None or old.value is None:
                 return
@@ -259,3 +274,8 @@ class Restorer:
         kill_point("restore")
         self._pending.discard(tag.key)
         result.written.append(tag.key)
+
+
+def _keep_address(pointer: HeapPointer) -> None:
+    """A pointer of v2's own value into v2's heap: already right, carried as it is."""
+    pointer.pointer.target = Unfollowed(NEW_ADDRESS)

@@ -112,6 +112,11 @@ class Unfollowed(_Compact):
     reason: str
 
 
+NEW_ADDRESS = "new version's address"
+"""The reason of a pointer read from the new version (`ctx.current`): carried as it is."""
+CARRIED = frozenset({"opaque", NEW_ADDRESS})
+"""Unfollowed pointers whose address is written unchanged."""
+
 Target = ObjectRef | FunctionRef | GlobalRef | LiteralRef | Unfollowed | None
 Value = int | float | EnumValue | StructValue | UnionValue | ArrayValue | CharArray | Pointer
 

@@ -315,3 +315,25 @@ def test_set_field_writes_one_field_in_v2s_layout() -> None:
     assert process.read(entry, 32) == bytes(16) + struct.pack("<Q", 41) + bytes(8)
     with pytest.raises(ConversionError, match="no plain field count"):
         encoder.context.set(entry, "struct table", "count", 1)  # v1's name, not v2's
+
+
+def test_a_one_element_array_from_a_transformer_is_an_array() -> None:
+    """ctx.array(type, [x]) is an array of one element, not the scalar x."""
+    snapshot = kvstore_v1_snapshot()
+    encoder, process = make_encoder(snapshot)
+    ctx = encoder.context
+    entry = ctx.new("struct entry", key="k", value="v", hits=1, next=None)
+    buckets = ctx.array("struct entry *", [entry])
+    types = kvstore("v2").index.types
+    entry_pp = next(
+        t.id
+        for t in types.values()
+        if t.kind == "pointer" and t.target == pointer_to("struct entry")
+    )
+    buf = bytearray(8)
+    encoder.materialise([(buckets, entry_pp)])
+    encoder.encode(buckets, entry_pp, buf, 0, "buckets")
+    (array,) = struct.unpack("<Q", buf)
+    assert process.allocations[array] == 8  # one pointer
+    key_ptr = process.word(process.word(array))
+    assert process.c_string(key_ptr) == b"k"

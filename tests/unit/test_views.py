@@ -19,6 +19,7 @@ from ekiden_trace.state.snapshot import (
     ObjectRef,
     Pointer,
     Snapshot,
+    StructValue,
 )
 from ekiden_trace.state.views import Context, New, View, wrap
 
@@ -107,11 +108,6 @@ def test_heap_string_text_and_hinted_buffer_bytes(snapshot: Snapshot) -> None:
     assert key.text == "alpha"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="views bug: View.bytes of a heap string includes the NUL its docstring "
-    "says it leaves out ('a string (without its NUL)')",
-)
 def test_heap_string_bytes_leave_out_the_nul(snapshot: Snapshot) -> None:
     key = old(snapshot, "table").buckets[KEYS["alpha"][1]].key
     assert key.bytes == b"alpha"
@@ -195,3 +191,19 @@ def test_context_calls_and_sets_into_the_new_process(
     ctx.set(added, "struct  entry", "hits", ctx.old("table").count)
     assert fields == [(added, "struct entry", "hits", 2)]
     assert ctx.function("malloc@libc.so.6") == 0x2222
+
+
+def test_struct_fields_win_over_helpers_of_the_same_name(snapshot: Snapshot) -> None:
+    note = StructValue("struct note", {"text": 1, "raw": 2, "bytes": 3, "type_name": 4})
+    view = wrap(note, snapshot)
+    assert (view.text, view.raw, view.bytes, view.type_name) == (1, 2, 3, 4)
+    assert view.type_of() == "struct note" and view.as_value() is note
+    inbuf = old(snapshot, "inbufs")[0]  # no such fields: the helpers, as before
+    assert inbuf.type_name == "struct inbuf" and inbuf.data.text == "GET"
+    assert inbuf.data.as_text() == "GET" and inbuf.data.as_bytes() == inbuf.data.bytes
+
+
+def test_wrap_gives_a_pointer_the_type_it_is_read_as(snapshot: Snapshot) -> None:
+    table = next(v for v in snapshot.variables if v.name == "table")
+    assert wrap(table.value, snapshot, table.c_type).type_of() == "struct table *"
+    assert wrap(7, snapshot, "int") == 7  # a variable transformer's int is an int
