@@ -94,10 +94,12 @@ def _pointer_json(pointer: Pointer) -> Any:
 
 def _object_json(obj: HeapObject) -> dict[str, Any]:
     out: dict[str, Any] = {"address": hex(obj.addr), "type": obj.type_name, "count": obj.count}
-    if obj.is_buffer:
+    if obj.text is not None:
+        out["string"] = text_of(obj.text)
+        if obj.is_buffer and obj.string is not None:
+            out["capacity"] = len(obj.string)
+    elif obj.is_buffer:
         out["bytes"] = obj.string.hex() if obj.string is not None else ""
-    elif obj.string is not None:
-        out["string"] = text_of(obj.string)
     else:
         out["value"] = value_json(obj.value)
     return out
@@ -188,6 +190,9 @@ class _TextRenderer:
             return "NULL"
         if isinstance(target, ObjectRef):
             obj = self.objects[target.object_id]
+            if obj.shown is not None and obj.string is not None and obj.text is not None:
+                text = json.dumps(text_of(obj.text), ensure_ascii=False)
+                return f"{text} /* in {len(obj.string)} bytes */"
             if obj.is_buffer and obj.string is not None:
                 return f"<{len(obj.string)} bytes: {obj.string.hex()}>"
             if obj.string is not None and not target.offset:

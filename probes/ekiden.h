@@ -18,20 +18,35 @@
  * at file scope or inside a function, each followed by a semicolon:
  *
  *   EKIDEN_HINT_ARRAY(struct table, buckets, nbuckets);
- *       field buckets points to nbuckets elements; the length is a field of
- *       the same struct, a global or tagged variable, or a number.
+ *       field buckets points to nbuckets elements.
  *   EKIDEN_HINT_BUFFER(struct session, buf, buflen);
- *       a char * that is a buffer of buflen bytes, not a NUL-ended string.
+ *       a char * (or void *) that is a buffer of buflen bytes, not a
+ *       NUL-ended string.
+ *   EKIDEN_HINT_STRING(struct mystr, p_buf, len, alloc_bytes);
+ *       a string with capacity: p_buf holds alloc_bytes bytes, of which the
+ *       first len are the text.  Shown as a string, carried whole.
  *   EKIDEN_HINT_POINTS_TO(struct entry, data, struct blob);
  *       a void * field that really points to one struct blob.
  *   EKIDEN_HINT_OPAQUE(struct conn, cookie);
  *       a pointer that must not be followed (shown and carried as a number).
  *   EKIDEN_HINT_UNION_CASE(struct config, u, kind, KIND_PORT, port);
  *       when field kind equals KIND_PORT, member port of union u is active.
+ *   EKIDEN_HINT_UNION_MEMBER(struct job, u, fn);
+ *       member fn of union u is always the active one (a union with no
+ *       discriminant field).  A union holding a pointer that no hint or
+ *       transformer explains is refused before an update.
  *   EKIDEN_HINT_VAR_ARRAY(var, length);   EKIDEN_HINT_VAR_BUFFER(var, length);
  *   EKIDEN_HINT_VAR_POINTS_TO(var, type); EKIDEN_HINT_VAR_OPAQUE(var);
  *       the same for a tagged variable (a global, or any tagged variable
  *       named so in this source file).
+ *
+ * A length is a C constant expression, macros expanded: numbers, sizeof of a
+ * type or variable (sizeof(struct item), sizeof ranges / sizeof ranges[0]),
+ * + - * / % << >>, casts to integer types, and names: a field of the struct
+ * that holds the pointer, a path through its fields (table->key_size: the
+ * length lives in the struct the field `table` points to), or an integer
+ * global or tagged variable.  Every hint is checked against the debug info
+ * when the tool reads the binary (points, diff, attach alike).
  *
  * Build with -DEKIDEN_DISABLE to compile every mark out.
  *
@@ -91,6 +106,8 @@
 #define EKIDEN_HINT_POINTS_TO(type, field, target) EKIDEN__NO_HINT
 #define EKIDEN_HINT_OPAQUE(type, field) EKIDEN__NO_HINT
 #define EKIDEN_HINT_UNION_CASE(type, field, discr, value, member) EKIDEN__NO_HINT
+#define EKIDEN_HINT_UNION_MEMBER(type, field, member) EKIDEN__NO_HINT
+#define EKIDEN_HINT_STRING(type, field, length, capacity) EKIDEN__NO_HINT
 #define EKIDEN_HINT_VAR_ARRAY(var, length) EKIDEN__NO_HINT
 #define EKIDEN_HINT_VAR_BUFFER(var, length) EKIDEN__NO_HINT
 #define EKIDEN_HINT_VAR_POINTS_TO(var, target) EKIDEN__NO_HINT
@@ -259,12 +276,16 @@ static inline int ekiden__from(const char *point)
 
 #define EKIDEN__FIELD_SIZE(type, field) sizeof(((type *)0)->field)
 
+/* Lengths and case values are stringified after macro expansion (XSTR). */
 #define EKIDEN_HINT_ARRAY(type, field, length)                                 \
 	EKIDEN__HINT(EKIDEN__FIELD_SIZE(type, field), "array", #type, #field,  \
-		     #length, "")
+		     EKIDEN__XSTR(length), "")
 #define EKIDEN_HINT_BUFFER(type, field, length)                                \
 	EKIDEN__HINT(EKIDEN__FIELD_SIZE(type, field), "buffer", #type, #field, \
-		     #length, "")
+		     EKIDEN__XSTR(length), "")
+#define EKIDEN_HINT_STRING(type, field, length, capacity)                      \
+	EKIDEN__HINT(EKIDEN__FIELD_SIZE(type, field), "string", #type, #field, \
+		     EKIDEN__XSTR(length), EKIDEN__XSTR(capacity))
 #define EKIDEN_HINT_POINTS_TO(type, field, target)                             \
 	EKIDEN__HINT(EKIDEN__FIELD_SIZE(type, field) + sizeof(target),         \
 		     "points_to", #type, #field, #target, "")
@@ -274,14 +295,18 @@ static inline int ekiden__from(const char *point)
 #define EKIDEN_HINT_UNION_CASE(type, field, discr, value, member)              \
 	EKIDEN__HINT(EKIDEN__FIELD_SIZE(type, field.member) +                  \
 			     EKIDEN__FIELD_SIZE(type, discr) + ((value) & 0),  \
-		     "union_case", #type, #field, #discr "=" #value, #member)
+		     "union_case", #type, #field, #discr "=" EKIDEN__XSTR(value),     \
+		     #member)
+#define EKIDEN_HINT_UNION_MEMBER(type, field, member)                          \
+	EKIDEN__HINT(EKIDEN__FIELD_SIZE(type, field.member), "union_member",   \
+		     #type, #field, "", #member)
 
 /* Variable hints name a variable that may be a local of another function, so
  * only the target type is checked. */
 #define EKIDEN_HINT_VAR_ARRAY(var, length)                                     \
-	EKIDEN__HINT(1, "array", "", #var, #length, "")
+	EKIDEN__HINT(1, "array", "", #var, EKIDEN__XSTR(length), "")
 #define EKIDEN_HINT_VAR_BUFFER(var, length)                                    \
-	EKIDEN__HINT(1, "buffer", "", #var, #length, "")
+	EKIDEN__HINT(1, "buffer", "", #var, EKIDEN__XSTR(length), "")
 #define EKIDEN_HINT_VAR_POINTS_TO(var, target)                                 \
 	EKIDEN__HINT(sizeof(target), "points_to", "", #var, #target, "")
 #define EKIDEN_HINT_VAR_OPAQUE(var) EKIDEN__HINT(1, "opaque", "", #var, "", "")

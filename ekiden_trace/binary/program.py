@@ -113,7 +113,7 @@ class Program:
             raise missing_debug_info(self.elf, origin, lookup)
         self.debug_path = lookup.path  # the binary itself, or its separate debug file
         self.index = DebugIndex.load(self.debug_path)
-        self.hints = Hints.from_marks(self.marks.hints)
+        self.hints = Hints.from_marks(self.marks.hints, self.index)
 
     @property
     def build_id(self) -> str:

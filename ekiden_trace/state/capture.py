@@ -166,10 +166,10 @@ class Capturer:
             if offset or wanted is None or wanted <= self._extents[obj.id]:
                 pointer.target = ObjectRef(obj.id, offset)
                 return None
-        if hint is not None and hint.kind == "buffer":
+        if hint is not None and hint.kind in ("buffer", "string"):
             data = self._read(addr, item.count or 0)
             obj = self._new_object(addr, CHAR_TYPE, len(data), max(len(data), 1))
-            obj.string, obj.is_buffer = data, True
+            obj.string, obj.is_buffer, obj.shown = data, True, item.shown
             pointer.target = ObjectRef(obj.id)
             return None
         pinfo = self.types.get(pointee)
@@ -215,7 +215,7 @@ class Capturer:
 
     def _extent_of(self, item: HeapPointer, pointee: int) -> int | None:
         """The bytes a pointer's object spans, when its type or hint tells."""
-        if item.hint is not None and item.hint.kind == "buffer":
+        if item.hint is not None and item.hint.kind in ("buffer", "string"):
             return item.count or 0
         info = self.types.get(pointee)
         if info is None or info.kind == "void" or (item.hint is None and is_char(info)):

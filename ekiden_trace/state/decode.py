@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ekiden_trace.binary.dwarf.types import Member, TypeInfo, c_name, strip
-from ekiden_trace.binary.hints import PointerHint, UnionCase
+from ekiden_trace.binary.hintexpr import Path, evaluate
+from ekiden_trace.binary.hints import Length, PointerHint, UnionCase
 from ekiden_trace.binary.layouts import StructLayout, compile_layout, holds_pointer, member_key
 from ekiden_trace.errors import EkidenError
 from ekiden_trace.state.locate import static_address
@@ -45,6 +46,7 @@ class HeapPointer:
     pointee: int  # the pointed-to type, stripped; -1 when unknown
     hint: PointerHint | None
     count: int | None  # elements, from an array or buffer hint's length
+    shown: int | None = None  # a string with capacity: the length of its text
 
 
 class Decoder:
@@ -153,8 +155,14 @@ class Decoder:
             else:
                 fields[key] = self.decode(member.type, data, offset + member.offset)
         # Pointers and hinted unions last: their hints may read sibling fields.
-        for key, member_name, tid, addr in pointers:
-            hint = self.hints.fields.get((name, member_name or ""))
+        hinted = [
+            (key, tid, addr, self.hints.fields.get((name, member_name or "")))
+            for key, member_name, tid, addr in pointers
+        ]
+        if any(hint is not None and hint.length is not None for *_, hint in hinted):
+            for key, _, addr, _ in hinted:  # a length may read through a sibling pointer
+                fields[key] = Pointer(addr)
+        for key, tid, addr, hint in hinted:
             fields[key] = self._pointer(addr, self.types[tid], hint, fields)
         for key, member in unions:
             cases = self.hints.unions[(name, member.name)]
@@ -195,7 +203,6 @@ class Decoder:
     ) -> Pointer:
         """A pointer value, its target set here unless it points into the heap."""
         pointer = Pointer(addr)
-        count = None if hint is None else self._hinted_count(hint, siblings)
         if addr == 0:
             return pointer
         pointee = self.strip(info.target) if info.target in self.types else -1
@@ -209,7 +216,12 @@ class Decoder:
             return pointer
         region = self.live.region(addr)
         if region == "heap":
-            self._to_heap(HeapPointer(pointer, pointee, hint, count))
+            count = shown = None
+            if hint is not None and hint.length is not None:
+                count = self.length(hint.length, siblings)
+            if hint is not None and hint.shown is not None:
+                shown = min(self.length(hint.shown, siblings), count or 0)
+            self._to_heap(HeapPointer(pointer, pointee, hint, count, shown))
         elif region == "code" and pinfo is not None and is_char(pinfo):
             pointer.target = LiteralRef(self.tracee.read_cstring(addr, MAX_STRING))
         elif region in ("data", "code"):
@@ -219,25 +231,34 @@ class Decoder:
             pointer.target = Unfollowed(region)
         return pointer
 
-    def _hinted_count(self, hint: PointerHint, siblings: dict[str, Value] | None) -> int | None:
-        """The element count an array or buffer hint gives: a number, a sibling field
-        or an integer global."""
-        if hint.kind not in ("array", "buffer") or hint.length is None:
-            return None
-        length = hint.length.strip()
-        if length.isdigit():
-            return int(length)
-        value = (siblings or {}).get(length)
-        if value is None:
-            value = self._global_value(length)
-        if isinstance(value, EnumValue):
-            value = value.value
-        if not isinstance(value, int):
-            raise EkidenError(
-                f"the hint length `{length}` is neither a field, an integer variable nor a number; "
-                "fix the EKIDEN_HINT_ARRAY/BUFFER mark."
-            )
-        return max(value, 0)
+    def length(self, length: Length, siblings: dict[str, Value] | None) -> int:
+        """The value of a hint's length (never negative): numbers, sibling fields (and
+        paths through them, `table->key_size`) and integer variables."""
+
+        def lookup(path: Path) -> int:
+            value: Value | None = (siblings or {}).get(path[0])
+            if value is None:
+                value = self._global_value(path[0])
+            for name, offset, size, signed, is_pointer in length.paths.get(path, ()):
+                if isinstance(value, StructValue):
+                    value = value.fields.get(name)
+                elif isinstance(value, Pointer) and value.addr:
+                    number = int.from_bytes(
+                        self._read(value.addr + offset, size), "little", signed=signed
+                    )
+                    value = Pointer(number) if is_pointer else number
+                else:
+                    value = None
+            if isinstance(value, EnumValue):
+                value = value.value
+            if not isinstance(value, int):
+                raise EkidenError(
+                    f"the hint length `{length.text}` reads `{'->'.join(path)}`, which holds "
+                    "no integer here (a NULL pointer on its path, or a variable not captured)."
+                )
+            return value
+
+        return max(evaluate(length.expr, lookup), 0)
 
     def _global_value(self, name: str) -> int | EnumValue | None:
         if name in self.globals:

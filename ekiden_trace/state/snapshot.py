@@ -133,6 +133,14 @@ class HeapObject(_Compact):
     value: Value | None = None
     string: bytes | None = None
     is_buffer: bool = False  # `string` holds a hinted buffer's exact bytes, no NUL added
+    shown: int | None = None  # a string with capacity: its text is string[:shown]
+
+    @property
+    def text(self) -> bytes | None:
+        """The text of a string or a string with capacity (None for anything else)."""
+        if self.string is None or (self.is_buffer and self.shown is None):
+            return None
+        return self.string[: self.shown] if self.shown is not None else self.string
 
     @property
     def is_array(self) -> bool:

@@ -69,7 +69,10 @@ class View:
         if isinstance(value, Pointer) and isinstance(value.target, ObjectRef):
             obj = self._snapshot.objects[value.target.object_id]
             if obj.string is not None:
-                data = obj.string if obj.is_buffer else obj.string + b"\0"
+                if obj.shown is not None:
+                    data = obj.string[: obj.shown] + b"\0"  # a string with capacity: its text
+                else:
+                    data = obj.string if obj.is_buffer else obj.string + b"\0"
                 return View(CharArray(data), self._snapshot, obj.type_name)
             return View(obj.value, self._snapshot, obj.type_name)
         return None
@@ -141,7 +144,8 @@ class View:
         if isinstance(self._value, Pointer):
             target = self.deref()
             ref = self._value.target
-            exact = isinstance(ref, ObjectRef) and self._snapshot.objects[ref.object_id].is_buffer
+            obj = self._snapshot.objects[ref.object_id] if isinstance(ref, ObjectRef) else None
+            exact = obj is not None and obj.is_buffer and obj.shown is None
         if target is None or not isinstance(target._value, CharArray):
             raise TypeError(f"{self._type_name} {what}")
         return target._value, exact
