@@ -154,6 +154,7 @@ def prepare(pid: int, options: UpdateOptions) -> Prepared:
         raise BinaryError(f"{new.path} has no update point, so an update to it could never finish.")
     check_point(old, options.point)
     transformers = load_transformers(options.xform)
+    transformers.add_hints(old.hints)
     plan = plan_update(old, new, transformers)
     if not plan.ok:
         listed = "; ".join(plan.problems[:5])

@@ -14,11 +14,12 @@ from typing import Any
 
 from ekiden_trace.binary.dwarf.cache import load_or_build, store
 from ekiden_trace.binary.dwarf.types import Member, TypeInfo, c_name, get, strip
+from ekiden_trace.binary.layouts import holds_pointer
 from ekiden_trace.binary.program import Program, TaggedVariable
 from ekiden_trace.plan.transformers import TransformerError, Transformers
 
 INT_ENCODINGS = ("signed", "unsigned", "signed_char", "unsigned_char", "bool")
-PLAN_FORMAT = 3
+PLAN_FORMAT = 4
 """Version of the cached plan layout (see plan_update)."""
 
 
@@ -139,6 +140,7 @@ class TypeMatcher:
         self.old = _Types(old.index.types)
         self.new = _Types(new.index.types)
         self.transformers = transformers
+        self.old_unions = old.hints.unions
         self.notes: dict[str, list[str]] = {}
         self.drops: dict[tuple[str, str], Drop] = {}
         self._memo: dict[tuple[int, int], list[str]] = {}
@@ -262,6 +264,10 @@ class TypeMatcher:
         found: list[str] = []
         removed = []
         for name, member in old_fields.items():
+            unexplained = self.unexplained_union(member.type, type_name, name)
+            if unexplained and old.kind == "struct":
+                found.append(f".{name}: {unexplained}")
+                continue
             if name in renamed:
                 target = new_fields[renamed[name]]
                 found += yield (member.type, target.type, f".{name}")
@@ -290,6 +296,36 @@ class TypeMatcher:
         if old.kind == "union" and old.size != new.size:
             self._note(type_name, f"union size {old.size} -> {new.size} bytes")
         return found
+
+    def unexplained_union(self, tid: int, type_name: str | None, name: str) -> str | None:
+        """Why a union value of `tid` (field `name` of struct `type_name`, or a variable
+        when type_name is None) cannot be carried: it holds a pointer and nothing says
+        which member is live.  Copied as bytes, a code or heap pointer would be stale."""
+        info = self.old.underlying(tid)
+        if info.kind != "union":
+            return None
+        union_name = self.old.name(info.id)
+        if self.transformers.for_type(union_name) is not None:
+            return None
+        if type_name is not None and (
+            (type_name, name) in self.old_unions
+            or (type_name, name) in self.transformers.union_members
+            or self.transformers.for_field(type_name, name) is not None
+        ):
+            return None
+        pointers = [m.name or "?" for m in info.members if holds_pointer(self.old.types, m.type)]
+        if not pointers:
+            return None
+        how = (
+            f"EKIDEN_HINT_UNION_MEMBER or EKIDEN_HINT_UNION_CASE on {type_name}.{name}, or "
+            f'union_member("{type_name}", "{name}", MEMBER) in a transformer file'
+            if type_name is not None
+            else "a variable transformer"
+        )
+        return (
+            f"{union_name} holds a pointer ({', '.join(pointers)}) and nothing says which "
+            f"member is live; add {how}"
+        )
 
     def _drop_field(
         self,
@@ -403,6 +439,16 @@ def _field_names(program: Program, type_name: str) -> set[str]:
     return {m.name for m in info.members if m.name}
 
 
+def _union_members(program: Program, type_name: str, name: str) -> set[str]:
+    """The member names of the union that is field `name` of a program's `type_name`."""
+    types = program.index.types
+    tid = program.index.type_by_name(type_name)
+    info = get(types, strip(types, tid)) if tid is not None else None
+    field = next((m for m in info.members if m.name == name), None) if info else None
+    union = get(types, strip(types, field.type)) if field is not None else None
+    return {m.name for m in union.members if m.name} if union and union.kind == "union" else set()
+
+
 def _unmatched(plan: UpdatePlan, transformers: Transformers) -> list[str]:
     """What the transformer file registers that matches nothing: a typo there would
     otherwise leave the state it meant to convert or acknowledge to the defaults."""
@@ -430,6 +476,12 @@ def _unmatched(plan: UpdatePlan, transformers: Transformers) -> list[str]:
             found.append(
                 f'rename("{name}", "{new_name}"): v1 needs a tagged variable {name} and v2 '
                 f"one called {new_name}"
+            )
+    for (type_name, name), member in transformers.union_members.items():
+        if member not in _union_members(old, type_name, name):
+            found.append(
+                f'union_member("{type_name}", "{name}", "{member}"): v1\'s {type_name} needs a '
+                f"union field {name} with a member {member}"
             )
     for subject, by in transformers.drops.items():
         if not any(_drops(d, subject) for d in plan.drops):
@@ -522,6 +574,9 @@ def _compute_plan(old: Program, new: Program, transformers: Transformers) -> Upd
             continue
         plan = VariablePlan(key, tag.name, tag, target, "transfer")
         plan.problems = matcher.problems(tag.variable.type, target.variable.type, tag.name)
+        unexplained = matcher.unexplained_union(tag.variable.type, None, tag.name)
+        if unexplained:
+            plan.problems.append(f"{tag.name}: {unexplained}")
         if tag.c_type != target.c_type:
             plan.notes.append(f"{tag.c_type} -> {target.c_type}")
         variables.append(plan)

@@ -17,6 +17,7 @@ A transformer file (`--xform FILE.py`) registers functions with these decorators
     rename("hits", "nhits")                  # v1's tagged `hits` is v2's `nhits`
     drop("struct stats", "debug")            # v2 has no `debug`: throw it away, knowingly
     drop("main:scratch")                     # the same for a tagged variable
+    union_member("struct job", "u", "fn")    # member fn of union u is always the live one
 
 `old` is a read-only view of the v1 value (see `View`); `ctx` is a `Context`.
 A function returns the new value: an int, float, str or bytes, None (NULL),
@@ -37,6 +38,7 @@ from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
+from ekiden_trace.binary.hints import Hints, UnionCase
 from ekiden_trace.errors import EkidenError
 
 TransformerFn = Callable[[Any, Any], Any]  # fn(old value, ctx: state.views.Context)
@@ -68,6 +70,8 @@ class Transformers:
     """(type name, v1 field) -> the v2 field of the same struct that takes its value."""
     renamed_variables: dict[str, str] = dataclass_field(default_factory=dict)
     """v1 variable key or name -> the key or name of the v2 tagged variable that takes it."""
+    union_members: dict[tuple[str, str], str] = dataclass_field(default_factory=dict)
+    """(struct name, union field) -> the member of the union that is always the live one."""
 
     def for_variable(self, key: str, name: str) -> TransformerFn | None:
         """The transformer of a variable, registered by its key or plain name."""
@@ -104,7 +108,13 @@ class Transformers:
             sorted([*d, by] for d, by in self.drops.items()),
             sorted([t, old, new] for (t, old), new in self.renamed_fields.items()),
             sorted([old, new] for old, new in self.renamed_variables.items()),
+            sorted([t, f, m] for (t, f), m in self.union_members.items()),
         ]
+
+    def add_hints(self, hints: Hints) -> None:
+        """Give v1's hints what the file says of its unions, for the capture."""
+        for (type_name, field_name), member in self.union_members.items():
+            hints.unions[(type_name, field_name)] = [UnionCase("", "", member)]
 
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -215,6 +225,12 @@ def rename(*names: str) -> None:
         raise TransformerError(
             'rename() takes a type and two fields, or two variables: rename("struct s", "a", "b").'
         )
+
+
+def union_member(type_name: str, field_name: str, member: str) -> None:
+    """Say which member of a union field with no discriminant is the live one, as
+    EKIDEN_HINT_UNION_MEMBER does in C: `union_member("struct job", "u", "fn")`."""
+    _loading_file().union_members[(_normal(type_name), field_name)] = member
 
 
 def load_transformers(path: str | None) -> Transformers:

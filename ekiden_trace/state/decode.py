@@ -314,6 +314,8 @@ def _decode_bits(
 def _active_member(cases: list[UnionCase], fields: dict[str, Value]) -> str | None:
     """The union member the hint's cases select, from the sibling discriminant's value."""
     for case in cases:
+        if not case.discriminant:
+            return case.member  # always the live one
         value = fields.get(case.discriminant)
         if isinstance(value, EnumValue) and case.value in (value.name, str(value.value)):
             return case.member
