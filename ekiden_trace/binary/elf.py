@@ -33,7 +33,7 @@ EM_X86_64 = 62
 SHT_SYMTAB, SHT_NOTE, SHT_NOBITS, SHT_DYNSYM = 2, 7, 8, 11
 PT_LOAD, PT_INTERP = 1, 3
 PF_X = 0x1
-STT_OBJECT, STT_FUNC, STT_GNU_IFUNC = 1, 2, 10
+STT_OBJECT, STT_FUNC, STT_FILE, STT_GNU_IFUNC = 1, 2, 4, 10
 SHN_UNDEF, SHN_XINDEX = 0, 0xFFFF
 STB_LOCAL = 0
 
@@ -47,6 +47,7 @@ class Symbol:
     size: int
     kind: str  # 'function' or 'object'
     local: bool
+    unit: str | None = None  # a local symbol's source file, from the FILE symbol before it
 
 
 class SymbolEntry(NamedTuple):
@@ -280,13 +281,20 @@ class ElfBinary:
         return found
 
     def symbols(self) -> list[Symbol]:
-        """Defined function and object symbols, from .symtab or else .dynsym."""
+        """Defined function and object symbols, from .symtab or else .dynsym.  A FILE
+        symbol starts the local symbols of its unit (an unnamed one ends them)."""
         table = ".symtab" if self.has_symtab else ".dynsym"
-        return [
-            Symbol(entry.name, entry.addr, entry.size, _SYMBOL_KINDS[entry.type], entry.local)
-            for entry in self.symbol_entries(table)
-            if entry.type in _SYMBOL_KINDS
-        ]
+        found, unit = [], None
+        for entry in self.symbol_entries(table):
+            if entry.type == STT_FILE:
+                unit = entry.name or None
+            elif entry.type in _SYMBOL_KINDS:
+                kind = _SYMBOL_KINDS[entry.type]
+                local_unit = unit if entry.local else None
+                found.append(
+                    Symbol(entry.name, entry.addr, entry.size, kind, entry.local, local_unit)
+                )
+        return found
 
     def symbol_entries(self, table_name: str) -> Iterator[SymbolEntry]:
         """The defined, named entries of one symbol table (.symtab or .dynsym), if present."""
@@ -302,7 +310,7 @@ class ElfBinary:
             if shndx == SHN_UNDEF:
                 continue
             name = _c_string(names, name_at)
-            if name:
+            if name or info & 0xF == STT_FILE:  # an unnamed FILE symbol ends a unit's locals
                 yield SymbolEntry(index, name, value, size, info & 0xF, info >> 4 == STB_LOCAL)
 
     def symbol_versions(self) -> array:

@@ -7,6 +7,7 @@ Everything here is computed before any process is touched, and its slow part
 from __future__ import annotations
 
 import bisect
+from collections import Counter
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -84,6 +85,18 @@ class SymbolTable:
         self.by_name = {s.name: s for s in self._symbols if not s.local}
         for sym in self._symbols:
             self.by_name.setdefault(sym.name, sym)
+        names = Counter(s.name for s in self._symbols)
+        self._shared = {name for name, count in names.items() if count > 1}
+        for sym in self._symbols:
+            if sym.local and sym.unit:
+                self.by_name.setdefault(f"{sym.unit}:{sym.name}", sym)
+
+    def name_of(self, sym: Symbol) -> str:
+        """The name a symbol is remapped by: `unit.c:name` for a file-local symbol whose
+        name other symbols share (two units' `static int counter`), else its name."""
+        if sym.local and sym.unit and sym.name in self._shared:
+            return f"{sym.unit}:{sym.name}"
+        return sym.name
 
     def containing(self, addr: int) -> Symbol | None:
         """The symbol whose extent holds a link-time address (or starts at it)."""

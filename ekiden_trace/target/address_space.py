@@ -115,14 +115,17 @@ class LiveProcess:
         return "library"
 
     def symbol_at(self, addr: int) -> tuple[str, int] | None:
-        """(symbol name, offset) for a runtime address in any module; library names get @lib."""
+        """(symbol name, offset) for a runtime address in any module; library names get
+        @lib, and the program's file-local symbols that share a name `unit.c:`."""
         for module in self.modules:
             if module.start <= addr < module.end:
-                suffix = "" if module is self._main else "@" + Path(module.path).name
                 sym = module.symbols.containing(addr - module.bias)
                 if sym is None:
                     return None
-                return sym.name + suffix, addr - module.bias - sym.addr
+                offset = addr - module.bias - sym.addr
+                if module is self._main:
+                    return module.symbols.name_of(sym), offset
+                return f"{sym.name}@{Path(module.path).name}", offset
         return None
 
     def code_name(self, addr: int) -> str:

@@ -104,3 +104,88 @@ def test_both_statics_keep_their_values(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+# Two units each define a file static `counter` (a starts at 100, b at 200); main holds
+# a pointer to each and bumps them through it.  A pointer to a static is remapped to the
+# same static of v2 by (unit, name): the ELF's FILE symbols say which unit each is from.
+COUNTER = textwrap.dedent(
+    """\
+    #include "ekiden.h"
+
+    static int counter = START;
+
+    int *counter_UNIT(void)
+    {
+        (void)EKIDEN_TAG(counter);
+        return &counter;
+    }
+    """
+)
+
+POINTERS = textwrap.dedent(
+    """\
+    #include <errno.h>
+    #include <stdio.h>
+    #include <unistd.h>
+    #include "ekiden.h"
+
+    int *counter_a(void);
+    int *counter_b(void);
+    int *ptrs[2];
+
+    int main(void)
+    {
+        char line[64];
+        int *a = counter_a(), *b = counter_b(); /* run both tags at start-up */
+
+        if (EKIDEN_TAG(ptrs)) {
+            ptrs[0] = a;
+            ptrs[1] = b;
+        }
+        for (;;) {
+            EKIDEN_UPDATE_POINT(loop);
+            ssize_t n = read(0, line, sizeof line);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0)
+                return 0;
+            *ptrs[line[0] == 'b'] += 1;
+            printf("v%d a=%d b=%d\\n", VERSION, *ptrs[0], *ptrs[1]);
+            fflush(stdout);
+        }
+    }
+    """
+)
+
+
+def build_pointers(folder: Path, version: int) -> Path:
+    sources = []
+    # v2 links the units in the other order, so the two counters swap addresses
+    units = (("a", 100), ("b", 200)) if version == 1 else (("b", 200), ("a", 100))
+    for unit, start in units:
+        source = folder / f"counter_{unit}.c"
+        source.write_text(COUNTER.replace("UNIT", unit).replace("START", str(start)))
+        sources.append(str(source))
+    main = folder / "pointers.c"
+    main.write_text(POINTERS)
+    flags = ["-g", "-O2", f"-DVERSION={version}", *sources]
+    return compile_marked(main, folder / f"pointers-v{version}", *flags)
+
+
+@needs_ptrace
+def test_pointers_to_same_named_statics_keep_their_unit(tmp_path: Path) -> None:
+    v1, v2 = build_pointers(tmp_path, 1), build_pointers(tmp_path, 2)
+    proc = subprocess.Popen([str(v1)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert ask(proc, "a") == "v1 a=101 b=200"
+        assert ask(proc, "b") == "v1 a=101 b=201"
+        result = run_tool("attach", str(proc.pid), "--new", str(v2))
+        assert result.returncode == 0, result.stderr
+        assert ask(proc, "b") == "v2 a=101 b=202"
+        state = tool_json("inspect", str(proc.pid))
+        ptrs = next(v["value"] for v in state["variables"] if v["name"] == "ptrs")
+        assert [p["global"] for p in ptrs] == ["counter_a.c:counter", "counter_b.c:counter"]
+    finally:
+        proc.kill()
+        proc.wait()
