@@ -44,7 +44,9 @@ def _may_have_problems(snapshot: Snapshot, symbols: dict) -> bool:
                 return True  # checked in full by _interior_problem
         elif isinstance(item, StructValue):
             stack += item.fields.values()
-        elif isinstance(item, UnionValue) and item.active:
+        elif isinstance(item, UnionValue):
+            if item.unexplained:
+                return True
             stack += item.members.values()
         elif isinstance(item, ArrayValue):
             stack += item.items
@@ -113,6 +115,11 @@ def _pointer_problems(plan: UpdatePlan, snapshot: Snapshot) -> list[str]:
                         stack.append((obj.value, f"{where}->#{obj.id}"))
             elif isinstance(item, StructValue):
                 stack += [(v, f"{where}.{k}") for k, v in item.fields.items()]
+            elif isinstance(item, UnionValue) and item.unexplained:
+                problems.append(
+                    f"{where} is a {item.type_name} holding a pointer, and nothing says which "
+                    "member is live; add EKIDEN_HINT_UNION_MEMBER or EKIDEN_HINT_UNION_CASE"
+                )
             elif isinstance(item, UnionValue) and item.active:
                 stack += [(v, f"{where}.{k}") for k, v in item.members.items()]
             elif isinstance(item, ArrayValue):

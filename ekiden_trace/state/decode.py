@@ -177,11 +177,16 @@ class Decoder:
         """A union: only its `active` member, or with no hint every member free of pointers."""
         raw = data[offset : offset + (info.size or 0)]
         members: dict[str, Value] = {}
+        unexplained = False
         for i, member in enumerate(info.members):
             key = member_key(member, i)
-            if key == active or (active is None and not holds_pointer(self.types, member.type)):
+            if key == active:
                 members[key] = self.decode(member.type, data, offset + member.offset)
-        return UnionValue(self.type_name(info.id), raw, active, members)
+            elif active is None and holds_pointer(self.types, member.type):
+                unexplained = True
+            elif active is None:
+                members[key] = self.decode(member.type, data, offset + member.offset)
+        return UnionValue(self.type_name(info.id), raw, active, members, unexplained)
 
     def _decode_array(self, info: TypeInfo, data: bytes, offset: int) -> Value:
         element = strip(self.types, info.target) if info.target is not None else -1

@@ -47,6 +47,7 @@ class UnionValue(_Compact):
     raw: bytes
     active: str | None
     members: dict[str, Value]
+    unexplained: bool = False  # no active member, and a member holds a pointer
 
 
 @dataclass(slots=True)

@@ -134,3 +134,41 @@ def test_union_member_naming_nothing_is_an_error(tmp_path: Path) -> None:
     result = run_tool("diff", str(v1), str(v2), "--xform", str(xform))
     assert result.returncode == 7 and "Traceback" not in result.stderr
     assert "needs a union field u with a member cb" in result.stderr
+
+
+@needs_ptrace
+def test_union_behind_a_void_pointer_is_refused_after_the_capture(tmp_path: Path) -> None:
+    """The plan cannot see through a `void *` (here one hinted to a struct job on the
+    heap); the captured union is checked before the exec all the same, and v1 runs on."""
+    behind = (
+        SOURCE.replace("HINT", "")
+        .replace(
+            "struct job job;",
+            "struct job job;\n"
+            "struct holder { void *p; };\n"
+            "EKIDEN_HINT_POINTS_TO(struct holder, p, struct job);\n"
+            "struct holder holder;",
+        )
+        .replace(
+            "if (EKIDEN_TAG(job))",
+            "holder.p = calloc(1, sizeof(struct job));\n"
+            "    ((struct job *)holder.p)->u.fn = handler;\n"
+            "    (void)EKIDEN_TAG(holder);\n    ",
+        )
+        .replace("#include <errno.h>", "#include <errno.h>\n#include <stdlib.h>")
+    )
+    source = tmp_path / "behind.c"
+    source.write_text(behind)
+    v1 = compile_marked(source, tmp_path / "behind-v1", "-g", "-O2", "-DVERSION=1")
+    assert run_tool("diff", str(v1), str(v1)).returncode == 0  # the plan sees no union
+    proc = subprocess.Popen([str(v1)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert ask(proc) == "v1 runs=1"
+        result = run_tool("attach", str(proc.pid), "--new", str(v1))
+        assert result.returncode == 10, result.stderr
+        assert "Traceback" not in result.stderr
+        assert "holder.p->#1.u is a union {...} holding a pointer" in result.stderr
+        assert ask(proc) == "v1 runs=2"
+    finally:
+        proc.kill()
+        proc.wait()
