@@ -35,8 +35,11 @@ class HintChecker:
         )
 
     def struct(self, mark: HintMark) -> TypeInfo | None:
-        """The struct a field hint names (None for a variable hint)."""
+        """The struct a field hint names (None for a variable hint, whose variable must
+        exist)."""
         if not mark.subject:
+            if not self.index.variables_named(mark.field):
+                raise self.fail(mark, "names a variable the debug info does not have")
             return None
         tid = self.index.type_by_name(mark.subject)
         info = get(self.types, strip(self.types, tid))

@@ -84,6 +84,17 @@ BAD = textwrap.dedent(
 )
 
 
+def test_a_hint_on_a_missing_variable_is_refused(tmp_path: Path) -> None:
+    source = tmp_path / "bad.c"
+    source.write_text(BAD.replace("LENGTH", "n") + "EKIDEN_HINT_VAR_ARRAY(nothing, 4);\n")
+    binary = compile_marked(source, tmp_path / "bad", "-g", "-O2")
+    result = run_tool("points", str(binary))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "the array hint on nothing names a variable the debug info does not have" in (
+        result.stderr
+    )
+
+
 @pytest.mark.parametrize(
     ("length", "says"),
     [
