@@ -49,8 +49,13 @@ fixtures/%-unmarked: fixtures/%.c probes/ekiden.h
 test: setup fixtures
 	$(PY) -m pytest -q
 
-.PHONY: bench
-bench: setup fixtures
+# What only the benchmarks need: valgrind (instruction counts of marked and unmarked builds).
+.PHONY: bench bench-packages
+bench-packages:
+	@command -v valgrind >/dev/null || { echo "installing Debian packages: valgrind"; \
+		$(APT) update && $(APT) install valgrind; }
+
+bench: setup fixtures bench-packages
 	$(PY) bench/run.py
 
 demo: setup fixtures

@@ -78,3 +78,16 @@ def kvstore_buckets(directory: Path, nbuckets: int, versions: tuple[str, ...]) -
         subprocess.run(["gcc", *fixture_cflags(), str(target), "-o", str(binary)], check=True)
         built.append(binary)
     return built
+
+
+def biglist(directory: Path) -> list[Path]:
+    """bench/biglist.c built as version 1 and version 2 into directory (same flags as
+    `make fixtures`)."""
+    source = REPO / "bench" / "biglist.c"
+    built = []
+    for version in (1, 2):
+        binary = directory / f"biglist-v{version}"
+        flags = [*fixture_cflags(), f"-DLIST_VERSION={version}"]
+        subprocess.run(["gcc", *flags, str(source), "-o", str(binary)], check=True)
+        built.append(binary)
+    return built

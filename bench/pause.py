@@ -21,6 +21,7 @@ from ekiden_trace.binary.program import Program
 SECTION = "2 pause"
 RATIO_GOAL = 2.5
 PAUSE_GOAL_MS = 5.0
+RSS_GOAL_MB = 100.0  # the tool's own peak RSS for a small state
 PHASES = ("capture", "exec", "restore")  # the pause; "plan" and "wait" come before it
 
 
@@ -43,8 +44,19 @@ def _measure(t: Target, s: Settings, result: SectionResult, phase_lines: list[st
             "ms",
         )
     )
+    rss = summarize([u.rss_mb for u in updates])
+    result.add(
+        Row(
+            SECTION,
+            f"{t.name}: tool peak RSS",
+            rss,
+            "MB",
+            goal=f"≤ {RSS_GOAL_MB:g} MB",
+            met=rss.median <= RSS_GOAL_MB,
+        )
+    )
     for i, role in enumerate(t.roles):
-        reports: list[dict[str, Any]] = [u[i] for u in updates]
+        reports: list[dict[str, Any]] = [u.reports[i] for u in updates]
         pauses = [r["pause"] for r in reports]
         label = f"{t.name}, {role}" if len(t.roles) > 1 else t.name
         pause = summarize(pauses)
@@ -124,7 +136,9 @@ def _method(s: Settings, phase_lines: list[str]) -> str:
         "updated with `--tree`, sessions first, then the listener), runs `ekiden-trace attach "
         "PID --new V2 --json` as a child process, checks that the client now sees v2 with its "
         "state, and takes `pause` from the report: from the old process stopped at its update "
-        "point until the new version runs free.\n\n"
+        "point until the new version runs free. The tool's peak RSS is its own `ru_maxrss`: "
+        "it is started by bench/rusage.py, a small fresh process, because a child forked "
+        "from the bench process would count the bench's pages as its own.\n\n"
         "**Floor.** The same run interleaves (rotating order) two floor samples per update "
         "sample, each on a fresh old-version server, measured with the tool's own modules in "
         "the benchmark process as the tracer (bench/floor.py): the server is stopped "

@@ -53,7 +53,7 @@ class _Timer:
 
     def _timed(self) -> float:
         env = {**os.environ, "XDG_CACHE_HOME": str(self.cache)}
-        run = run_measured(tool_argv(*self.args), TIMEOUT, env)
+        run = run_measured(tool_argv(*self.args), TIMEOUT, env, rss=False)
         if run.returncode not in (0, 10):  # 10: diff says a transformer is needed
             raise RuntimeError(f"{' '.join(self.args[:1])} failed: {run.stderr.strip()[-300:]}")
         return run.wall

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+RUSAGE = Path(__file__).resolve().with_name("rusage.py")
 sys.path.insert(0, str(REPO / "tests"))
 
 from clients import Server, free_port  # noqa: E402
@@ -102,19 +103,27 @@ class BenchServer(Server):
         super().stop()
 
 
-def start_server(binary: Path, *args: str, port: int | None = None) -> BenchServer:
-    """Start a fixture with its port as argv[1]; return once it says it listens."""
+def start_server(
+    binary: Path,
+    *args: str,
+    port: int | None = None,
+    prefix: tuple[str, ...] = (),
+    timeout: float = 10,
+) -> BenchServer:
+    """Start a fixture with its port as argv[1] (under `prefix`, such as valgrind's command
+    line); return once it says it listens."""
     port = free_port() if port is None else port
     proc = spawn(
-        [os.fspath(binary), str(port), *args],
+        [*prefix, os.fspath(binary), str(port), *args],
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL if prefix else None,
         text=True,
     )
     with sigchld_blocked():  # its stdout reader thread
         server = BenchServer(proc, port)
     try:
-        server.wait_for_line("listening on", timeout=10)
+        server.wait_for_line("listening on", timeout=timeout)
     except BaseException:
         server.stop()
         raise
@@ -133,35 +142,51 @@ class ToolRun:
     timed_out: bool
 
 
-def run_measured(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> ToolRun:
-    """Run argv to its end (killed after `timeout` s): wall time and its own peak RSS (wait4)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        started = time.monotonic()
-        proc = spawn(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=REPO, env=env)
-        result: list[tuple[int, object, float]] = []
+def run_measured(
+    argv: list[str], timeout: float, env: dict[str, str] | None = None, rss: bool = True
+) -> ToolRun:
+    """Run argv to its end (killed after `timeout` s): wall time and, with `rss`, its own
+    peak RSS (else NaN).
 
-        def reap() -> None:
-            _pid, status, usage = os.wait4(proc.pid, 0)
-            result.append((status, usage, time.monotonic()))
+    For the RSS, argv runs under bench/rusage.py, a small fresh process, so its ru_maxrss is
+    its own and not that of this (possibly large) bench process, which a direct child would
+    inherit.  Without it, the wall time has no wrapper's start-up in it."""
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.NamedTemporaryFile("r") as peak,
+    ):
+        started = time.monotonic()
+        wrapped = [sys.executable, "-I", "-S", str(RUSAGE), peak.name, *argv] if rss else argv
+        proc = spawn(wrapped, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=REPO, env=env)
+        ended: list[float] = []
+
+        def reap() -> None:  # blocks in waitpid: no polling delay in the wall time
+            _pid, status = os.waitpid(proc.pid, 0)
+            ended.append(time.monotonic())
+            proc.returncode = os.waitstatus_to_exitcode(status)
 
         waiter = start_thread(reap)
         waiter.join(timeout)
         timed_out = waiter.is_alive()
         if timed_out:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            waiter.join(10)
-        status, usage, ended = result[0]
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4 above
+                os.kill(proc.pid, signal.SIGTERM if rss else signal.SIGKILL)
+            waiter.join(10)  # rusage.py kills argv and writes its peak RSS
+            if waiter.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                waiter.join()
         kill(proc)
         out.seek(0)
         err.seek(0)
+        figure = peak.read().strip()
         return ToolRun(
             None if timed_out else proc.returncode,
             out.read().decode(errors="replace"),
             err.read().decode(errors="replace"),
-            ended - started,
-            usage.ru_maxrss / 1024,  # type: ignore[attr-defined]
+            ended[0] - started,
+            int(figure) / 1024 if figure else float("nan"),
             timed_out,
         )
 

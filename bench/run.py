@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import clientview
+import instructions
 import machine
 import overhead
 import pause
@@ -35,6 +36,7 @@ SECTIONS: dict[str, Callable[[Settings], SectionResult]] = {
     "client": clientview.run,
     "scaling": scaling.run,
     "planning": planning.run,
+    "instructions": instructions.run,
 }
 
 

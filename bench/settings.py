@@ -31,9 +31,14 @@ class Settings:
     # 3. scaling
     scale_sizes: tuple[int, ...]
     scale_repeats: tuple[int, ...]  # one per size
+    list_sizes: tuple[int, ...]  # nodes of bench/biglist.c's one list
+    list_repeats: tuple[int, ...]
     scale_timeout: float
     value_len: int
     vm_bytes: int
+    # 5. instructions (under callgrind)
+    instr_units: tuple[int, int, int]  # counter lines, kvstore requests, ftpd sessions
+    instr_repeats: int
     # 4. planning
     synthetic_types: int
     synthetic_globals: int
@@ -60,9 +65,13 @@ FULL = Settings(
     client_conns=4,
     scale_sizes=(1_000, 10_000, 100_000, 1_000_000),
     scale_repeats=(5, 5, 3, 1),
+    list_sizes=(100_000, 1_000_000),
+    list_repeats=(3, 1),
     scale_timeout=300.0,
     value_len=100,
     vm_bytes=256 << 20,
+    instr_units=(5000, 20_000, 100),
+    instr_repeats=2,
     synthetic_types=3000,
     synthetic_globals=3000,
     planning_repeats=5,
@@ -88,9 +97,13 @@ QUICK = Settings(
     client_conns=2,
     scale_sizes=(1_000, 10_000),
     scale_repeats=(2, 1),
+    list_sizes=(10_000,),
+    list_repeats=(1,),
     scale_timeout=60.0,
     value_len=100,
     vm_bytes=64 << 20,
+    instr_units=(1000, 4000, 20),
+    instr_repeats=1,
     synthetic_types=600,
     synthetic_globals=600,
     planning_repeats=2,

@@ -31,6 +31,14 @@ class Live:
 
 
 @dataclass
+class Sample:
+    """One update: a report per role, and the tool's own peak RSS (MB)."""
+
+    reports: list[dict[str, Any]]
+    rss_mb: float
+
+
+@dataclass
 class Target:
     """One kind of update: old -> new binaries of a fixture, and how to set one up."""
 
@@ -43,8 +51,8 @@ class Target:
     plain: Callable[[], BenchServer]  # a fresh old-version server, no state (for the floor)
     roles: tuple[str, ...]  # the processes whose reports count, in report order
 
-    def attach(self, live: Live) -> list[dict[str, Any]]:
-        """Run `ekiden-trace attach --json` on it; one report per role."""
+    def attach(self, live: Live) -> Sample:
+        """Run `ekiden-trace attach --json` on it: one report per role, and the tool's RSS."""
         args = ["attach", str(live.server.pid), "--new", str(self.new), "--json"]
         if self.xform:
             args += ["--xform", str(self.xform)]
@@ -55,22 +63,23 @@ class Target:
             raise RuntimeError(f"attach failed ({run.returncode}): {run.stderr.strip()[-300:]}")
         data = json.loads(run.stdout)
         if not self.tree:
-            return [data]
+            return Sample([data], run.maxrss_mb)
         reports = {p["pid"]: p["report"] for p in data["processes"]}
         listener = reports.pop(live.server.pid)
-        return [*reports.values(), listener]  # sessions first, as the tool updates them
+        # sessions first, as the tool updates them
+        return Sample([*reports.values(), listener], run.maxrss_mb)
 
-    def sample(self) -> list[dict[str, Any]]:
-        """One update of a fresh server, checked; its reports."""
+    def sample(self) -> Sample:
+        """One update of a fresh server, checked."""
         live = self.begin()
         try:
-            reports = self.attach(live)
+            done = self.attach(live)
             live.check()
         finally:
             live.stop()
-        if len(reports) != len(self.roles):
+        if len(done.reports) != len(self.roles):
             raise RuntimeError(f"{self.name}: expected {len(self.roles)} reports")
-        return reports
+        return done
 
 
 def counter() -> Target:
