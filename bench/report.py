@@ -124,9 +124,14 @@ def goals_list(rows: Sequence[Row]) -> str:
 
 
 def markdown_document(
-    machine: dict[str, str], rows: Sequence[Row], notes: Sequence[str], command: str
+    machine: dict[str, str],
+    rows: Sequence[Row],
+    notes: Sequence[str],
+    command: str,
+    appendix: str = "",
 ) -> str:
-    """BENCHMARKS.md: the machine, the goals, the table, then how each figure was measured."""
+    """BENCHMARKS.md: the machine, the goals, the table, how each figure was measured, then
+    `appendix` (hand-written Markdown, kept from run to run)."""
     parts = [
         "# Benchmarks\n",
         f"Written by `{command}` (bench/run.py). Every figure is a median over "
@@ -141,5 +146,6 @@ def markdown_document(
         markdown_table(rows),
         "## How each figure is measured\n",
         "\n\n".join(notes) + "\n",
+        *([appendix] if appendix else []),
     ]
     return "\n".join(parts)
