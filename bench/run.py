@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{load_before:.2f} at the start, {os.getloadavg()[0]:.2f} at the end (1 minute; "
             "other work on the machine shows here)"
         )
-        appendix = (procs.REPO / "bench" / "engine.md").read_text()
+        appendix = (procs.REPO / "bench" / "analysis.md").read_text()
         args.out.write_text(markdown_document(described, rows, notes, command, appendix))
         print(f"wrote {args.out}")
     return 1 if failed else 0
