@@ -1,4 +1,4 @@
-/* A measurement prototype, not the engine (see bench/engine.md): the capture side
+/* A measurement prototype, not the engine (see bench/analysis.md): the capture side
  * of a compiled core.  It walks a stopped process's heap from one root by type
  * recipes (size, pointer fields, C strings, an array length held in a field) into
  * compact columns: per object address, type, size and its bytes in one arena; per
