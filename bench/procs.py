@@ -173,10 +173,9 @@ def run_measured(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGTERM if rss else signal.SIGKILL)
             waiter.join(10)  # rusage.py kills argv and writes its peak RSS
-            if waiter.is_alive():
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                waiter.join()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # and whatever else the run started
+            waiter.join()
         kill(proc)
         out.seek(0)
         err.seek(0)
