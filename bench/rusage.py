@@ -3,8 +3,9 @@
 A child forked from a large process starts with that process's pages: Linux counts
 them into the child's ru_maxrss when it execs, so a bench process holding hundreds
 of MB would show them as the tool's.  This script is exec'd fresh (about 9 MB), and
-the command it spawns inherits only that: a floor well below any tool's figure.  SIGTERM makes it SIGKILL the command and
-still write the figure (the peak RSS of a run killed at its time limit).
+the command it spawns inherits only that: a floor well below any tool's figure.
+SIGTERM makes it SIGKILL the command and still write the figure (the peak RSS of a
+run killed at its time limit).
 """
 
 import os
