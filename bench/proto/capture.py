@@ -3,7 +3,8 @@
     python bench/proto/capture.py kv|list PID BINARY MODE
 
 Builds walk.c, stops PID with SIGSTOP, walks its state in MODE (see walk.c) from the
-global `table` (kvstore) or `head` (bench/biglist.c), resumes it and prints one JSON
+global `table` (kvstore) or `head` (bench/biglist.c), writes every object back where it
+was read as the restore's iovecs would (write_back), resumes it and prints one JSON
 line; one mode per run, so the peak RSS is that mode's.  The recipes below are the
 v1 types of kvstore and biglist.
 """
@@ -93,6 +94,8 @@ def main() -> None:
             started = time.perf_counter()
             lib.walk(pid, mode, recipes, C.c_uint64(root), 0, C.byref(out))
             seconds = time.perf_counter() - started
+            lib.write_back.restype = C.c_double
+            write_seconds = lib.write_back(pid, C.byref(out))
         finally:
             os.kill(pid, signal.SIGCONT)
         figures = {
@@ -105,6 +108,7 @@ def main() -> None:
             "seconds": round(seconds, 3),
             "read seconds": round(C.c_double.in_dll(lib, "read_seconds").value, 3),
             "us per object": round(seconds / out.n * 1e6, 3),
+            "write-back seconds": round(write_seconds, 3),
             "peak RSS MB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         }
         print(json.dumps(figures), flush=True)
