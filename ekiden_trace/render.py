@@ -418,6 +418,11 @@ def report_text(report: UpdateReport) -> str:
         lines.append(f"initialised by the new version: {', '.join(report.initialised)}")
     if report.dropped:
         lines.append(f"dropped: {', '.join(report.dropped)}")
+    if report.inactive:
+        lines.append(
+            f"not active in {old} at the update point (nothing to carry): "
+            + ", ".join(report.inactive)
+        )
     lines += [f"note: {n}" for n in report.notes]
     return "\n".join(lines) + "\n"
 

@@ -97,6 +97,7 @@ class UpdateReport:
     moved: list[str] = field(default_factory=list)
     initialised: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    inactive: list[str] = field(default_factory=list)  # locals of functions not running in v1
     objects: int = 0
     bytes: int = 0
     calls: int = 0  # transformers' calls into the new version (what they built is not counted)
@@ -232,6 +233,7 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
         guardian.watch_cpus(pid)
         with sharing_cpu(pid):  # the tool and the process hand over to each other many times
             snapshot = _capture(live, tracee, plan, report.point)
+            report.inactive = [v.key for v in snapshot.variables if v.absent and not v.lost]
             clock.lap("capture")
             state = GuardState(
                 pid,
