@@ -32,3 +32,10 @@ class TargetExited(EkidenError):
     """The target died while we looked (should never be our fault)."""
 
     exit_code = 5
+
+
+def describe_failure(exc: BaseException) -> str:
+    """An error's sentence; for an unexpected exception (a bug), its type too."""
+    if isinstance(exc, EkidenError):
+        return str(exc)
+    return f"an internal error ({type(exc).__name__}: {exc})"

@@ -1,6 +1,7 @@
 """Fault injection for tests.
 
-EKIDEN_TRACE_FAULT=PHASE makes the tool fail (an error) at PHASE, once per run;
+EKIDEN_TRACE_FAULT=PHASE makes the tool fail (an error) at PHASE, once per run, and
+EKIDEN_TRACE_FAULT=PHASE! fail there as a bug would (a RuntimeError, not an EkidenError);
 EKIDEN_TRACE_KILL_AT=PHASE makes it SIGKILL itself there, to test what a dying
 tool leaves behind; EKIDEN_TRACE_SLOW_AT=PHASE:SECONDS makes it sleep there,
 once per run, to let something happen in the middle of an update (it says so
@@ -29,8 +30,11 @@ class InjectedFault(EkidenError):
 
 def fault_point(phase: str) -> None:
     """Fail here, once per run, when the environment asks for a fault at `phase`."""
-    if os.environ.get(ENV) == phase and phase not in _fired:
+    asked = os.environ.get(ENV)
+    if asked in (phase, phase + "!") and phase not in _fired:
         _fired.add(phase)
+        if asked.endswith("!"):
+            raise RuntimeError(f"a bug was injected at {phase} ({ENV}={asked})")
         raise InjectedFault(f"a fault was injected at {phase} ({ENV}={phase}).")
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from ekiden_trace.binary.files import same_file
 from ekiden_trace.binary.program import Program
-from ekiden_trace.errors import EkidenError
+from ekiden_trace.errors import EkidenError, describe_failure
 from ekiden_trace.plan.planner import UpdatePlan, plan_update
 from ekiden_trace.plan.transformers import Transformers
 from ekiden_trace.state.restore import Restorer, RestoreResult
@@ -56,9 +56,10 @@ def roll_back_to(
         )
         result = restorer.run(state.timeout)
         restorer.injector.restore_cloexec(state.cleared, own_fds(state))
-    except EkidenError as failure:
+    except Exception as failure:
         raise EkidenError(
-            f"the update failed and so did the rollback ({failure}); process {tracee.pid} "
+            f"the update failed and so did the rollback ({describe_failure(failure)}); "
+            f"process {tracee.pid} "
             "is in an unknown state: restart the service."
         ) from None
     return result

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from ekiden_trace.binary.files import file_identity, held_descriptor
 from ekiden_trace.binary.program import Program
-from ekiden_trace.errors import BinaryError, EkidenError
+from ekiden_trace.errors import BinaryError, EkidenError, describe_failure
 from ekiden_trace.faults import kill_point
 from ekiden_trace.ops.guardian import Guardian
 from ekiden_trace.ops.inspect import capture_stopped
@@ -63,7 +63,7 @@ class RolledBack(EkidenError):
 
     exit_code = 11
 
-    def __init__(self, message: str, report: UpdateReport, cause: EkidenError) -> None:
+    def __init__(self, message: str, report: UpdateReport, cause: Exception) -> None:
         super().__init__(message)
         self.report = report
         self.cause = cause
@@ -311,7 +311,7 @@ def _restore_new(tracee: Tracee, prepared: Prepared, state: GuardState, clock: _
         if file_identity(procfs.exe_path(state.pid)) != prepared.checked:
             raise RestoreFailed(f"{prepared.new.path} changed between its check and the exec")
         result = restorer.run(state.timeout)
-    except EkidenError as failure:
+    except Exception as failure:  # whatever failed, v2 must not run on half-restored
         clock.lap("restore")
         halt(tracee)  # an interruption may have come while v2 ran
         injector = restorer.injector if restorer is not None else Injector.for_tracee(tracee)
@@ -321,7 +321,9 @@ def _restore_new(tracee: Tracee, prepared: Prepared, state: GuardState, clock: _
         _record(report, result)
         report.outcome = "rolled back"
         raise RolledBack(
-            f"the update failed after the exec and was rolled back: {failure}", report, failure
+            f"the update failed after the exec and was rolled back: {describe_failure(failure)}",
+            report,
+            failure,
         ) from None
     restorer.injector.restore_cloexec(state.cleared, own_fds(state))
     _record(report, result)

@@ -18,6 +18,7 @@ from ekiden_trace.binary.program import Program
 from ekiden_trace.errors import EkidenError
 from ekiden_trace.plan.transformers import TransformerFn, Transformers, run_transformer
 from ekiden_trace.state.interior import moved_offset
+from ekiden_trace.state.shape import ShapeError, check_shape
 from ekiden_trace.state.snapshot import (
     CARRIED,
     ArrayValue,
@@ -265,6 +266,19 @@ class Encoder:
 
     # -- values --------------------------------------------------------------
 
+    def transform(self, fn: TransformerFn, target: str, old: Any, tid: int, path: str) -> Any:
+        """Run `fn`, the transformer of `target`, and check its whole result against v2's
+        type `tid` (written at `path`) before any of it is written."""
+        value = run_transformer(fn, target, old, self.context)
+        try:
+            check_shape(self.types, self._named_type, value, tid, path)
+        except ShapeError as wrong:
+            name = getattr(fn, "__name__", repr(fn))
+            raise ConversionError(
+                f"the transformer {name} (of {target}) returned a value v2 cannot hold: {wrong}."
+            ) from None
+        return value
+
     def encode(self, value: Any, tid: int, buf: bytearray, offset: int, path: str) -> None:
         """Write `value` as new type `tid` into buf[offset:]; bytes it does not cover stay."""
         info = self._info(tid)
@@ -280,7 +294,7 @@ class Encoder:
         transformer = self.transformers.for_type(old_type) if old_type else None
         if transformer is not None and isinstance(value, StructValue | UnionValue | EnumValue):
             old_value = wrap(value, self.snapshot)
-            value = run_transformer(transformer, old_type, old_value, self.context)
+            value = self.transform(transformer, old_type, old_value, tid, path)
             if isinstance(value, View):
                 value = value.as_value()
         kind = info.kind
@@ -393,8 +407,8 @@ class Encoder:
         old_view = View(value, self.snapshot, name) if isinstance(value, StructValue) else None
         for member, produce, source in members:
             if produce is not None:
-                new_value = run_transformer(
-                    produce, f"{name}.{member.name}", old_view, self.context
+                new_value = self.transform(
+                    produce, f"{name}.{member.name}", old_view, member.type, f"{path}.{member.name}"
                 )
             elif source in fields:
                 new_value = fields[source]

@@ -28,7 +28,7 @@ from ekiden_trace.binary.program import TaggedVariable
 from ekiden_trace.errors import EkidenError, WaitTimeout
 from ekiden_trace.faults import fault_point, kill_point
 from ekiden_trace.plan.planner import UpdatePlan
-from ekiden_trace.plan.transformers import Transformers, run_transformer
+from ekiden_trace.plan.transformers import Transformers
 from ekiden_trace.state.backend import ProcessBackend, RestoreFailed, program_bias
 from ekiden_trace.state.control import KIND_POINT, KIND_TAG, ControlBlock, MarkStop, mark_injector
 from ekiden_trace.state.decode import Decoder, HeapPointer
@@ -254,7 +254,9 @@ class Restorer:
             context = self.encoder.context
             context.producing(lambda: self._current(tag, addr, size))
             try:
-                value: Any = run_transformer(produce, tag.name, view, context)
+                value: Any = self.encoder.transform(
+                    produce, tag.name, view, tag.variable.type, tag.name
+                )
             finally:
                 context.producing(None)
         else:

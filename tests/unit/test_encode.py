@@ -337,3 +337,72 @@ def test_a_one_element_array_from_a_transformer_is_an_array() -> None:
     assert process.allocations[array] == 8  # one pointer
     key_ptr = process.word(process.word(array))
     assert process.c_string(key_ptr) == b"k"
+
+
+# -- transformer results are checked before anything is written ---------------------
+
+
+def wrong_table(old: Any, ctx: Any) -> Any:
+    return "not a table"
+
+
+def nothing(old: Any, ctx: Any) -> Any:
+    return None
+
+
+def entry_with_a_bad_field(old: Any, ctx: Any) -> Any:
+    return ctx.new("struct entry", key=ctx.string("k"), hits=["many"])
+
+
+def config_with_an_unknown_field(old: Any, ctx: Any) -> Any:
+    return {"limits": {"max_key_len": 8}, "colour": 3}
+
+
+@pytest.mark.parametrize(
+    ("fn", "name", "words"),
+    [
+        (
+            wrong_table,
+            "table",
+            "wrong_table (of table) returned a value v2 cannot hold: table: "
+            "a str cannot be written as v2's struct table *",
+        ),
+        (
+            nothing,
+            "client_fds",
+            "nothing (of client_fds) returned a value v2 cannot hold: "
+            "client_fds: None cannot be written as v2's int [64]",
+        ),
+        (entry_with_a_bad_field, "table", "table->hits: a list cannot be written as v2's"),
+        (
+            config_with_an_unknown_field,
+            "config",
+            "config: v2's struct server_config has no field colour",
+        ),
+    ],
+)
+def test_a_transformer_result_of_the_wrong_shape_is_refused_before_any_write(
+    fn: Any, name: str, words: str
+) -> None:
+    snapshot = kvstore_v1_snapshot()
+    encoder, process = make_encoder(snapshot)
+    tid = pointer_to("struct entry") if fn is entry_with_a_bad_field else tag_type("v2", name)
+    with pytest.raises(ConversionError) as refused:
+        encoder.transform(fn, name, None, tid, name)
+    assert words in str(refused.value)
+    assert process.batches == [] and process.heap == bytearray()  # nothing allocated
+
+
+def test_a_transformer_result_of_the_right_shape_passes() -> None:
+    snapshot = kvstore_v1_snapshot()
+    encoder, _ = make_encoder(snapshot)
+
+    def entry(old: Any, ctx: Any) -> Any:
+        return ctx.new("struct entry", key=ctx.string("k"), value="v", hits=1, next=None)
+
+    made = encoder.transform(entry, "entry", None, pointer_to("struct entry"), "entry")
+    assert isinstance(made, New)
+    fds = encoder.transform(
+        lambda o, c: [1, 2], "client_fds", None, tag_type("v2", "client_fds"), "client_fds"
+    )
+    assert fds == [1, 2]
