@@ -9,13 +9,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from ekiden_trace.errors import EkidenError
+from ekiden_trace.errors import EkidenError, describe_failure
 from ekiden_trace.ops.interrupts import Interrupted, aborting_on_signals
 
 USAGE_ERROR = 64
 DROPS_STATE = 9
 NEEDS_TRANSFORMER = 10
 PARTIAL_FAILURE = 12
+DEBUG_ENV = "EKIDEN_TRACE_DEBUG"  # set: an unexpected error shows its traceback
 
 if TYPE_CHECKING:
     from ekiden_trace.ops.tree import TreeOutcome
@@ -260,6 +261,15 @@ def main(argv: list[str] | None = None) -> int:
     except EkidenError as exc:
         print(f"ekiden-trace: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:  # a bug: still one sentence for the user, never a traceback
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(
+            f"ekiden-trace: {describe_failure(exc)}; this is a bug of ekiden-trace "
+            f"(set {DEBUG_ENV}=1 to see where it happened).",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ class Prepared:
 def prepare(pid: int, options: UpdateOptions) -> Prepared:
     """Read both binaries and plan; raises before anything touches the process."""
     old = program_of(pid)
-    new = Program(options.new)
+    new = Program(os.path.abspath(options.new))  # the target execs it from its own cwd
     if not new.points:
         raise BinaryError(f"{new.path} has no update point, so an update to it could never finish.")
     check_point(old, options.point)

@@ -139,7 +139,7 @@ def run_transformer(fn: TransformerFn, target: str, old: Any, ctx: Any) -> Any:
         return fn(old, ctx)
     except EkidenError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() in a transformer must not end the tool
         raise TransformerError.raised(target, exc) from exc
 
 
@@ -248,7 +248,9 @@ def load_transformers(path: str | None) -> Transformers:
     _loading = found
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
+    except EkidenError:
+        raise  # Ctrl-C while importing, or a decorator used wrongly
+    except (Exception, SystemExit) as exc:
         detail = _user_traceback(exc)
         raise TransformerError(
             f"the transformer file {file} does not import ({type(exc).__name__}: {exc}); "
