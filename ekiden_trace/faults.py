@@ -6,7 +6,7 @@ EKIDEN_TRACE_KILL_AT=PHASE makes it SIGKILL itself there, to test what a dying
 tool leaves behind; EKIDEN_TRACE_SLOW_AT=PHASE:SECONDS makes it sleep there,
 once per run, to let something happen in the middle of an update (it says so
 on stderr first, so that a test knows when).  Kill and
-slow phases: attached, waiting, captured, cloexec, exec, restore, detach.
+slow phases: planned, attached, waiting, captured, cloexec, exec, restore, detach.
 """
 
 from __future__ import annotations

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ekiden_trace.ops.preflight import check_point, program_of
+from ekiden_trace.binary.files import file_identity
+from ekiden_trace.ops.lock import locked
+from ekiden_trace.ops.preflight import check_point, check_still_running, program_of
 from ekiden_trace.state.capture import Capturer
 from ekiden_trace.state.control import STOP_FUNCTION, ControlBlock, choose_stop_signal
 from ekiden_trace.state.rendezvous import leave, wait_for_point
 from ekiden_trace.state.snapshot import Snapshot, StopLocation
+from ekiden_trace.target import procfs
 from ekiden_trace.target.address_space import LiveProcess
 from ekiden_trace.target.disasm import instructions_around
 from ekiden_trace.target.tracee import Tracee
@@ -67,15 +70,18 @@ def capture_stopped(live: LiveProcess, tracee: Tracee, point: str | None, now: b
     return Capturer(live).capture(stop, frames)
 
 
+@locked
 def inspect(pid: int, options: InspectOptions) -> Snapshot:
     """Capture the tagged state of process `pid`; it keeps running, untouched, afterwards."""
     program = program_of(pid)
+    running = file_identity(procfs.exe_path(pid))
     check_point(program, options.point)
     _ = program.tags  # resolve tags before the pause
     live = LiveProcess(pid, program)
     tracee = Tracee.seize(pid)
     control = None
     try:
+        check_still_running(pid, running)
         point = None
         if not options.now:
             control = ControlBlock(tracee, program.marks.control + live.bias)

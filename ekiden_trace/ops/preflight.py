@@ -5,7 +5,9 @@ Each check reads files and /proc only; none stops the process.
 
 from __future__ import annotations
 
-from ekiden_trace.binary.files import hold, same_file
+import os
+
+from ekiden_trace.binary.files import file_identity, hold, same_file
 from ekiden_trace.binary.program import Program
 from ekiden_trace.errors import BinaryError, TargetError
 from ekiden_trace.target import procfs
@@ -87,4 +89,15 @@ def check_point(program: Program, point: str | None) -> None:
         known = ", ".join(sorted(program.point_names)) or "none"
         raise BinaryError(
             f"{program.path} has no update point named {point}; its points are: {known}."
+        )
+
+
+def check_still_running(pid: int, identity: tuple[int, ...]) -> None:
+    """TargetError unless process `pid` still runs the file whose identity was recorded
+    when it was read (another tool may have updated it since)."""
+    if file_identity(procfs.exe_path(pid)) != identity:
+        raise TargetError(
+            f"process {pid} no longer runs the program that was read for this command "
+            f"(it runs {os.path.realpath(procfs.exe_path(pid))} now: updated by another "
+            "command?); run the command again."
         )

@@ -25,7 +25,14 @@ from ekiden_trace.errors import BinaryError, EkidenError, describe_failure
 from ekiden_trace.faults import kill_point
 from ekiden_trace.ops.guardian import Guardian
 from ekiden_trace.ops.inspect import capture_stopped
-from ekiden_trace.ops.preflight import check_point, check_reachable, check_trusted, program_of
+from ekiden_trace.ops.lock import locked
+from ekiden_trace.ops.preflight import (
+    check_point,
+    check_reachable,
+    check_still_running,
+    check_trusted,
+    program_of,
+)
 from ekiden_trace.ops.rollback import GuardState, own_fds, roll_back_to
 from ekiden_trace.plan.planner import UpdatePlan, describe_drop, plan_update
 from ekiden_trace.plan.transformers import Transformers, load_transformers
@@ -145,11 +152,13 @@ class Prepared:
     identity: UpdatePlan  # v1 -> v1, for the rollback
     transformers: Transformers
     checked: tuple[int, ...]  # the new binary's file identity when it was checked
+    running: tuple[int, ...]  # the identity of the file the process ran when it was read
 
 
 def prepare(pid: int, options: UpdateOptions) -> Prepared:
     """Read both binaries and plan; raises before anything touches the process."""
     old = program_of(pid)
+    running = file_identity(procfs.exe_path(pid))
     new = Program(os.path.abspath(options.new))  # the target execs it from its own cwd
     if not new.points:
         raise BinaryError(f"{new.path} has no update point, so an update to it could never finish.")
@@ -171,7 +180,8 @@ def prepare(pid: int, options: UpdateOptions) -> Prepared:
         )
     identity = plan_update(old, old, Transformers())
     _warm(old, new)
-    return Prepared(old, new, plan, identity, transformers, file_identity(str(new.path)))
+    checked = file_identity(str(new.path))
+    return Prepared(old, new, plan, identity, transformers, checked, running)
 
 
 def _warm(*programs: Program) -> None:
@@ -195,6 +205,7 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
+@locked
 @_no_gc()
 def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -> UpdateReport:
     """Update process `pid` to options.new; raises with the process running v1 on failure."""
@@ -218,10 +229,12 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
     find_function(pid, "malloc")
     guardian = Guardian(keep=[held_descriptor(old.path)])
     clock.lap("plan")
+    kill_point("planned")
     tracee = Tracee.seize(pid)
     kill_point("attached")
     control: ControlBlock | None = ControlBlock(tracee, old.marks.control + live.bias)
     try:
+        check_still_running(pid, prepared.running)
         control.check()
         signo = choose_stop_signal(tracee)
         injector = mark_injector(tracee, old, live.bias)

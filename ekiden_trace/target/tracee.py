@@ -225,12 +225,20 @@ def check_traceable(pid: int) -> None:
     if tracer:
         raise TargetError(
             f"process {pid} is already traced by pid {tracer} ({procfs.comm(tracer)}); "
-            "detach that debugger or tracer first."
+            "wait until that tool is done, or detach that debugger."
         )
     if threads > 1:
         raise TargetError(
             f"process {pid} has {threads} threads; multi-threaded targets are not supported yet."
         )
+
+
+def _tracer_of(pid: int) -> int:
+    """The pid tracing `pid`, 0 when none (or when it cannot be read)."""
+    try:
+        return int(procfs.status(pid).get("TracerPid", "0"))
+    except (OSError, ValueError):
+        return 0
 
 
 def _ptrace_scope() -> str:
@@ -239,6 +247,12 @@ def _ptrace_scope() -> str:
 
 
 def _seize_error(pid: int, exc: OSError) -> TargetError:
+    tracer = _tracer_of(pid)
+    if exc.errno == errno.EPERM and tracer:  # another tracer came first: not the kernel's rule
+        return TargetError(
+            f"process {pid} is already traced by pid {tracer} ({procfs.comm(tracer)}); "
+            "wait until that tool is done, or detach that debugger."
+        )
     if exc.errno == errno.EPERM:
         return TargetError(
             f"the kernel refused to trace process {pid} ({exc.strerror}); you must own the "

@@ -7,11 +7,14 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from clients import KvClient, fixture_binary, start_server
 from conftest import REPO, needs_ptrace, process_state, run_tool, tracer_of
+
+from ekiden_trace.binary.dwarf.cache import cache_dir
 
 pytestmark = needs_ptrace
 
@@ -85,3 +88,87 @@ def test_binary_replaced_on_disk(command: str, tmp_path: Path) -> None:
             assert result.returncode == 10, result.stderr
         no_traceback(result)
         serving(server.pid, client)
+
+
+def attach_command(pid: int, new: str = V2, xform: bool = True) -> list[str]:
+    args = [sys.executable, "-m", "ekiden_trace", "attach", str(pid), "--new", new]
+    return [*args, "--xform", str(REPO / "fixtures/kvstore/xform_v1_v2.py")] if xform else args
+
+
+@pytest.mark.parametrize("round_", range(4))
+def test_two_attach_commands_race_on_one_pid(round_: int) -> None:
+    """Exactly one updates; the other says who holds the process, never blames the kernel."""
+    with start_server(fixture_binary("kvstore", "v1")) as server, KvClient(server.port) as client:
+        client.set("kept", "yes")
+        both = [
+            subprocess.Popen(
+                attach_command(server.pid),
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        results = [(p.wait(timeout=60), *p.communicate()) for p in both]
+        codes = sorted(code for code, _, _ in results)
+        errors = "".join(err for _, _, err in results)
+        assert codes == [0, 3], results
+        assert "Traceback" not in errors and "Yama" not in errors and "refused" not in errors
+        assert "another ekiden-trace command (pid" in errors or "already traced by" in errors
+        serving(server.pid, client, version=2)
+
+
+def test_a_process_updated_by_another_command_meanwhile_is_refused(tmp_path: Path) -> None:
+    """Two users (two lock directories): the slow command planned v1 -> v2, the fast one
+    updated the process meanwhile; the slow one finds another file running, and refuses."""
+    with start_server(fixture_binary("kvstore", "v1")) as server, KvClient(server.port) as client:
+        client.set("kept", "yes")
+        slow = subprocess.Popen(
+            attach_command(server.pid),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={
+                **os.environ,
+                "XDG_CACHE_HOME": str(tmp_path),
+                "EKIDEN_TRACE_SLOW_AT": "planned:3",
+            },
+        )
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob("ekiden-trace/locks/*.lock")):  # planning now
+            assert time.monotonic() < deadline and slow.poll() is None
+            time.sleep(0.01)
+        fast = run_tool(*attach_command(server.pid)[3:])
+        assert fast.returncode == 0, fast.stderr
+        _, err = slow.communicate(timeout=60)
+        assert slow.returncode == 3, err
+        assert "no longer runs the program that was read" in err and "Traceback" not in err
+        serving(server.pid, client, version=2)
+
+
+def test_a_second_command_names_the_one_that_holds_the_process() -> None:
+    with start_server(fixture_binary("kvstore", "v1")) as server, KvClient(server.port) as client:
+        client.set("kept", "yes")
+        slow = subprocess.Popen(
+            attach_command(server.pid),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "EKIDEN_TRACE_SLOW_AT": "planned:3"},
+        )
+        lock = cache_dir() / "locks" / f"{server.pid}.lock"
+        deadline = time.monotonic() + 30
+        while not (lock.exists() and lock.read_text().strip() == str(slow.pid)):
+            assert time.monotonic() < deadline and slow.poll() is None
+            time.sleep(0.01)
+        for command in (["inspect", str(server.pid)], attach_command(server.pid)[3:]):
+            second = run_tool(*command)
+            assert second.returncode == 3, second.stderr
+            assert f"another ekiden-trace command (pid {slow.pid}, " in second.stderr
+            assert "Traceback" not in second.stderr
+        _, err = slow.communicate(timeout=60)
+        assert slow.returncode == 0, err
+        serving(server.pid, client, version=2)
