@@ -13,6 +13,7 @@ from ekiden_trace.binary.program import Program
 from ekiden_trace.errors import EkidenError, describe_failure
 from ekiden_trace.plan.planner import UpdatePlan, plan_update
 from ekiden_trace.plan.transformers import Transformers
+from ekiden_trace.state.control import STOP_SIGNAL_CANDIDATES
 from ekiden_trace.state.restore import Restorer, RestoreResult
 from ekiden_trace.state.snapshot import Snapshot
 from ekiden_trace.target import procfs
@@ -33,6 +34,8 @@ class GuardState:
     envp: list[bytes]
     cleared: list[int]
     timeout: float
+    blocked: frozenset[int]  # the old version's signal mask, at the capture
+    ignored: frozenset[int]  # the signals it ignored
     # The program's signals that arrived after the exec, held for the version that runs
     # afterwards: delivered once it stands at its update point, its handlers installed.
     held: list[int] = field(default_factory=list)
@@ -50,6 +53,10 @@ def roll_back_to(
     identity = identity or plan_update(old, old, Transformers())
     tracee = injector.tracee
     try:
+        # The new version may have blocked or ignored signals (the stop signal among them),
+        # and a blocked stop signal a mark raised stays pending: an exec keeps all of that.
+        stop_signals = set(STOP_SIGNAL_CANDIDATES) - state.blocked
+        injector.reset_signals(set(state.blocked), set(state.ignored), stop_signals)
         _exec_old(injector, old, state)
         restorer = Restorer(
             tracee, identity, state.snapshot, Transformers(), state.point, state.signo, state.held

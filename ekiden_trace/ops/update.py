@@ -248,6 +248,7 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
             snapshot = _capture(live, tracee, plan, report.point)
             report.inactive = [v.key for v in snapshot.variables if v.absent and not v.lost]
             clock.lap("capture")
+            blocked, ignored, _ = tracee.signal_masks()
             state = GuardState(
                 pid,
                 str(old.path),
@@ -259,6 +260,8 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
                 envp,
                 [],
                 options.timeout,
+                frozenset(blocked),
+                frozenset(ignored),
             )
             _exec_new(injector, guardian, state, str(prepared.new.path), argv)
             control = None  # the old control block went away with the old image

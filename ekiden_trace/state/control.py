@@ -106,6 +106,10 @@ class ControlBlock:
         self._write_int(OFF_KIND, 0)
         self.tracee.write(self.address + OFF_ARMED, struct.pack("<ii", 1, signo))
 
+    def use_signal(self, signo: int) -> None:
+        """Make the next mark stops report with `signo` instead (the marks stay armed)."""
+        self._write_int(OFF_SIGNO, signo)
+
     def disarm(self) -> None:
         """Return every mark to its fast path."""
         self._write_int(OFF_ARMED, 0)

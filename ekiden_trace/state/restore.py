@@ -25,12 +25,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ekiden_trace.binary.program import TaggedVariable
-from ekiden_trace.errors import EkidenError, WaitTimeout
+from ekiden_trace.errors import EkidenError, TargetError, WaitTimeout
 from ekiden_trace.faults import fault_point, kill_point
 from ekiden_trace.plan.planner import UpdatePlan
 from ekiden_trace.plan.transformers import Transformers
 from ekiden_trace.state.backend import ProcessBackend, RestoreFailed, program_bias
-from ekiden_trace.state.control import KIND_POINT, KIND_TAG, ControlBlock, MarkStop, mark_injector
+from ekiden_trace.state.control import (
+    KIND_POINT,
+    KIND_TAG,
+    STOP_SIGNAL_CANDIDATES,
+    ControlBlock,
+    MarkStop,
+    choose_stop_signal,
+    mark_injector,
+)
 from ekiden_trace.state.decode import Decoder, HeapPointer
 from ekiden_trace.state.encode import Encoder
 from ekiden_trace.state.locate import frame_functions
@@ -43,6 +51,7 @@ from ekiden_trace.target.ptrace import user_regs_struct
 from ekiden_trace.target.tracee import Tracee
 
 EXIT_SYSCALLS = frozenset({60, 231})  # exit, exit_group
+SIGNAL_SYSCALLS = frozenset({13, 14})  # rt_sigaction, rt_sigprocmask: may take the stop signal
 GETPID = 39  # the first system call of a mark's slow path
 CRASH_SIGNALS = {
     signal.SIGSEGV,
@@ -118,7 +127,7 @@ class Restorer:
         result = RestoreResult(self.point)
         deadline = started + timeout
         in_mark = False
-        watched = EXIT_SYSCALLS | {GETPID}
+        watched = EXIT_SYSCALLS | SIGNAL_SYSCALLS | {GETPID}
         while True:
             try:
                 stop = self.tracee.run_syscalls(watched, deadline, cont=in_mark)
@@ -170,13 +179,47 @@ class Restorer:
 
     def _entering_mark(self) -> bool:
         """At the entry of a watched system call: fail the restore at exit/exit_group;
-        True at the first system call of a mark's slow path.  From there the mark cannot
-        exit before it reports its stop (it waits for the tool while the update is
-        guarded), so it may run on without a stop at each of its system calls."""
+        keep a usable stop signal across rt_sigaction/rt_sigprocmask; True at the first
+        system call of a mark's slow path (failing the restore if the mark could not report
+        its stop).  From there the mark cannot exit before it reports its stop (it waits
+        for the tool while the update is guarded), so it may run on without a stop at each
+        of its system calls."""
         regs = self.tracee.regs()
         if regs.orig_rax in EXIT_SYSCALLS:
             self._refuse_exit(regs)
-        return regs.rip == self.injector.gadget + len(SYSCALL_BYTES)
+        if regs.orig_rax in SIGNAL_SYSCALLS:
+            self.tracee.syscall()
+            self.tracee.wait_stop(5.0)  # its exit
+            self._keep_a_stop_signal()
+            return False
+        if regs.rip != self.injector.gadget + len(SYSCALL_BYTES):
+            return False
+        if not self._usable(self.signo):
+            self.tracee.syscall()
+            self.tracee.wait_stop(5.0)  # to its exit, where the rollback can inject
+            names = ", ".join(signal.Signals(s).name for s in STOP_SIGNAL_CANDIDATES)
+            raise RestoreFailed(
+                f"the new version blocks or catches all of {names} in its start-up, so its "
+                "marks cannot report to ekiden-trace; leave one of them at its default action."
+            )
+        return True
+
+    def _usable(self, signo: int) -> bool:
+        """Whether the new version neither blocks nor catches `signo` now."""
+        blocked, _ignored, caught = self.tracee.signal_masks()
+        return signo not in blocked and signo not in caught
+
+    def _keep_a_stop_signal(self) -> None:
+        """After a call that may block or catch signals: if the new version took the stop
+        signal, its marks use another one from now on.  With none left (perhaps only for a
+        moment, as fork() blocks them all), the next mark fails the restore."""
+        if self._usable(self.signo):
+            return
+        try:
+            self.signo = choose_stop_signal(self.tracee)
+        except TargetError:
+            return
+        self.control.use_signal(self.signo)
 
     def _refuse_exit(self, regs: user_regs_struct) -> None:
         """At the entry of exit/exit_group: cancel the call (the process must survive to be

@@ -51,6 +51,7 @@ import fcntl
 import mmap
 import os
 import signal
+import struct
 import time
 from array import array
 from collections.abc import Iterator, Sequence
@@ -83,6 +84,9 @@ NR_OPENAT = 257
 NR_EXECVEAT = 322
 AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
+NR_RT_SIGACTION = 13
+NR_RT_SIGPROCMASK = 14
+NR_RT_SIGTIMEDWAIT = 128
 
 _PAGE = mmap.PAGESIZE
 _WORD = (1 << 64) - 1
@@ -519,6 +523,16 @@ def _exec_block(
     return pointers.tobytes() + bytes(strings), base + arrays, base, base + 8 * (len(argv) + 1)
 
 
+_SIG_BLOCK, _SIG_SETMASK = 0, 2
+_SIG_DFL, _SIG_IGN = 0, 1
+_UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
+
+
+def _sigset(signals: set[int]) -> int:
+    """A kernel sigset_t (64 bits) holding `signals`."""
+    return sum(1 << (signo - 1) for signo in signals)
+
+
 def _stack_room(tracee: Tracee, size: int) -> int | None:
     """Where `size` bytes fit below the stack pointer and its red zone, memory the program
     does not use, in what the stack has mapped already (so it does not grow); or None."""
@@ -843,6 +857,35 @@ class Injector:
         self.tracee.write(base, path + b"\0")
         result = self.syscall(NR_OPENAT, AT_FDCWD, base, flags)
         return _check(self.tracee, result, f"open of {os.fsdecode(path)}")
+
+    # -- signals -------------------------------------------------------------------
+
+    def reset_signals(self, blocked: set[int], ignored: set[int], drop: set[int]) -> None:
+        """Give the tracee this signal state, in one injection: `blocked` as its mask, the
+        signals of `ignored` ignored and any other it ignores back to its default action,
+        and none of `drop` pending.  Meant for a process about to exec (which resets
+        handlers anyway), e.g. back to the state of a version it ran before."""
+        _, now_ignored, _ = self.tracee.signal_masks()
+        to_default = sorted(now_ignored - ignored - _UNCATCHABLE)
+        to_ignore = sorted(ignored - now_ignored - _UNCATCHABLE)
+        # sigset to drop, zero timespec, the new mask, sigaction SIG_DFL, sigaction SIG_IGN
+        block = struct.pack(
+            "<QQQQ4Q4Q", _sigset(drop), 0, 0, _sigset(blocked), _SIG_DFL, 0, 0, 0, _SIG_IGN, 0, 0, 0
+        )
+        area = _stack_room(self.tracee, len(block)) or self.scratch_area()
+        self.tracee.write(area, block)
+        drop_set, no_wait, mask, default, ignore = area, area + 8, area + 24, area + 32, area + 64
+        calls: list[tuple[int, Sequence[int]]] = [
+            (NR_RT_SIGPROCMASK, (_SIG_BLOCK, drop_set, 0, 8))  # blocked: waited for, not run
+        ]
+        calls += [(NR_RT_SIGTIMEDWAIT, (drop_set, 0, no_wait, 8))] * len(drop)
+        calls += [(NR_RT_SIGACTION, (signo, default, 0, 8)) for signo in to_default]
+        calls += [(NR_RT_SIGACTION, (signo, ignore, 0, 8)) for signo in to_ignore]
+        calls.append((NR_RT_SIGPROCMASK, (_SIG_SETMASK, mask, 0, 8)))
+        results = self.syscalls(calls)
+        for (nr, args), result in zip(calls, results, strict=True):
+            if nr != NR_RT_SIGTIMEDWAIT:  # EAGAIN there: nothing (more) was pending
+                _check(self.tracee, result, f"system call {nr}{tuple(args)}")
 
     # -- exec in place -------------------------------------------------------------
 

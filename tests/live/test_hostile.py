@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -172,3 +173,47 @@ def test_a_second_command_names_the_one_that_holds_the_process() -> None:
         _, err = slow.communicate(timeout=60)
         assert slow.returncode == 0, err
         serving(server.pid, client, version=2)
+
+
+def signal_state(pid: int) -> dict[str, str]:
+    """The signal masks of a process as /proc shows them."""
+    fields = dict(
+        line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return {key: fields[key] for key in ("SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")}
+
+
+def test_new_version_taking_every_stop_signal_fails_at_once() -> None:
+    """v2 blocks SIGURG and SIGWINCH and catches SIGCHLD: its marks could never report.  The
+    update fails at its first mark, and the rollback gives v1 back its own signal mask (the
+    exec would keep v2's, and v1's marks would wait for ever)."""
+    with start_server(fixture_binary("kvstore", "v1")) as server, KvClient(server.port) as client:
+        client.set("kept", "yes")
+        before = signal_state(server.pid)
+        started = time.monotonic()
+        result = run_tool(
+            *attach_command(server.pid, str(fixture_binary("faulty", "v2-nosignal")))[3:],
+            "--timeout",
+            "30",
+        )
+        assert result.returncode == 11, result.stderr
+        assert time.monotonic() - started < 25, "failed only at the timeout"
+        assert "blocks or catches all of SIGURG, SIGWINCH, SIGCHLD" in result.stderr
+        no_traceback(result)
+        serving(server.pid, client)
+        assert signal_state(server.pid) == before
+        # Its marks report again: the next update goes through.
+        again = run_tool(*attach_command(server.pid)[3:])
+        assert again.returncode == 0, again.stderr
+        serving(server.pid, client, version=2)
+
+
+def test_new_version_blocking_the_stop_signal_gets_another_one() -> None:
+    with start_server(fixture_binary("kvstore", "v1")) as server, KvClient(server.port) as client:
+        client.set("kept", "yes")
+        result = run_tool(
+            *attach_command(server.pid, str(fixture_binary("faulty", "v2-blockurg")))[3:]
+        )
+        assert result.returncode == 0, result.stderr
+        serving(server.pid, client, version=2)
+        assert int(signal_state(server.pid)["SigBlk"], 16) & 1 << (signal.SIGURG - 1)
