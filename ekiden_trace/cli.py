@@ -151,6 +151,17 @@ def _print_tree(outcomes: list[TreeOutcome], as_json: bool) -> int:
     return PARTIAL_FAILURE if failed else 0
 
 
+def _cmd_recover(args: argparse.Namespace) -> int:
+    from ekiden_trace.ops.recover import recover
+
+    done = recover(args.pid)
+    if done.rolled_back:
+        print(f"process {done.pid}: rolled back to {done.old} with its state")
+    else:
+        print(f"process {done.pid}: not in the middle of an update; nothing to recover")
+    return 0
+
+
 def _cmd_guard(_args: argparse.Namespace) -> int:
     from ekiden_trace.ops.guardian import run_guardian
 
@@ -234,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     attach.add_argument("--json", action="store_true", help="print the report as JSON")
     attach.set_defaults(run=_cmd_attach)
+
+    recover = sub.add_parser(
+        "recover", help="roll back a process left in the middle of an update by a dead tool"
+    )
+    recover.add_argument("pid", type=int)
+    recover.set_defaults(run=_cmd_recover)
 
     # Internal commands start with "_", like the guardian of one update (see guard.py). A
     # parser without help is not listed under the commands, and the metavar leaves it out

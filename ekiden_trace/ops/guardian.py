@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ekiden_trace.binary.dwarf.cache import cache_dir
-from ekiden_trace.errors import EkidenError, TargetError
-from ekiden_trace.faults import KILL_ENV
+from ekiden_trace.errors import TargetError, describe_failure
+from ekiden_trace.faults import GUARDIAN_KILL_ENV, KILL_ENV, guardian_started, kill_point
 from ekiden_trace.ops.rollback import GuardState, own_fds, roll_back_to
 from ekiden_trace.target.tracee import give_cpus
 
@@ -34,25 +34,46 @@ STATE_PATIENCE = 300.0  # how long the guardian waits for a state still being wr
 INLINE_OBJECTS = 2_000  # up to this many heap objects, the state is written during the pause
 
 
+def log_path(pid: int) -> Path:
+    """The guardian's log for target `pid`: what it did when a tool died updating it."""
+    return guard_dir() / f"{pid}.log"
+
+
+def guard_dir() -> Path:
+    """Where guardians keep their state files and logs (0700)."""
+    directory = cache_dir() / "guard"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    return directory
+
+
 class Guardian:
     """The tool's side: start the guardian, hand it the state, tell it when all is done."""
 
-    def __init__(self, keep: Sequence[int | None] = ()) -> None:
-        """Start the guardian; it inherits the tool's fds `keep` under the same numbers (the
-        old version's image, held open, so a rollback finds it whatever its path holds)."""
-        env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ekiden_trace", "_guard"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            pass_fds=[fd for fd in keep if fd is not None],
-            start_new_session=True,  # a Ctrl-C meant for the tool does not reach it
-            env=env,
-        )
+    def __init__(self, pid: int, keep: Sequence[int | None] = ()) -> None:
+        """Start the guardian of an update of process `pid`; it inherits the tool's fds
+        `keep` under the same numbers (the old version's image, held open, so a rollback
+        finds it whatever its path holds)."""
+        env = {k: v for k, v in os.environ.items() if k not in (KILL_ENV, GUARDIAN_KILL_ENV)}
+        self.log = log_path(pid)
+        # Its own log, not the tool's stderr: a caller reading the tool's output through a
+        # pipe must not wait for the guardian, which may outlive the tool by seconds.
+        with open(self.log, "ab") as log:
+            os.fchmod(log.fileno(), 0o600)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ekiden_trace", "_guard"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                bufsize=0,  # unbuffered: a dead guardian fails a write, never a later close
+                pass_fds=[fd for fd in keep if fd is not None],
+                start_new_session=True,  # a Ctrl-C meant for the tool does not reach it
+                env=env,
+            )
         # Its start-up (an interpreter and imports, ~0.1 s of CPU) must not overlap the
         # pause, where it would take turns on the CPU with the tool and the target.
         assert self.proc.stdout is not None
         self.proc.stdout.readline()  # "ready", or nothing if it failed to start
+        guardian_started(self.proc.pid)
         self._state: Path | None = None
         self._writer: int | None = None  # the forked copy writing a large state
 
@@ -65,9 +86,7 @@ class Guardian:
 
     def hand_over(self, state: GuardState) -> None:
         """Give the guardian what it needs to roll the target back."""
-        directory = cache_dir() / "guard"
-        directory.mkdir(mode=0o700, exist_ok=True)
-        self._state = directory / f"{state.pid}-{os.getpid()}.pickle"
+        self._state = guard_dir() / f"{state.pid}-{os.getpid()}.pickle"
         # The partial file exists from here on, so the guardian knows the state is coming.
         fd = os.open(_partial(self._state), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         if len(state.snapshot.objects) <= INLINE_OBJECTS:
@@ -77,11 +96,16 @@ class Guardian:
             os.close(fd)
         self._send(f"state {self._state}\n")
 
+    def alive(self) -> bool:
+        """Whether the guardian still runs (the tool's safety net, if it dies)."""
+        return self.proc.poll() is None
+
     def done(self) -> None:
         """The update is over (done or rolled back by the tool itself): let the guardian go."""
         self._send("done\n")
         if self.proc.stdin is not None:
-            self.proc.stdin.close()
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -92,14 +116,14 @@ class Guardian:
         if self._state is not None:
             self._state.unlink(missing_ok=True)
             _partial(self._state).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            if not self.log.stat().st_size:
+                self.log.unlink()  # nothing happened worth keeping
 
     def _send(self, line: str) -> None:
         assert self.proc.stdin is not None
-        try:
+        with contextlib.suppress(OSError):  # a dead guardian: the update goes on without it
             self.proc.stdin.write(line.encode())
-            self.proc.stdin.flush()
-        except BrokenPipeError:
-            pass  # the guardian is gone: the update goes on without a safety net
 
 
 def _partial(path: Path) -> Path:
@@ -121,6 +145,10 @@ def _fork_writer(fd: int, path: Path, state: GuardState) -> int:
         code = 1
         try:
             os.setsid()  # a Ctrl-C or a kill of the tool's group does not stop it
+            # Nor does it hold the caller's pipes (the tool's stdout and stderr).
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for stdio in (0, 1, 2):
+                os.dup2(devnull, stdio)
             # Off the CPU the tool may share with the target for the update.
             os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
             _write_state(fd, path, state)
@@ -137,10 +165,21 @@ def _wait_for_state(path: Path) -> GuardState | None:
         if not _partial(path).exists() or time.monotonic() > deadline:
             return None
         time.sleep(0.01)
+    return read_state(path)
+
+
+def read_state(path: Path) -> GuardState:
+    """The state a tool handed over, from its file (kept until the update is settled, so
+    that `recover` finds it if the guardian dies too)."""
     with path.open("rb") as f:
         state: GuardState = pickle.load(f)
-    path.unlink(missing_ok=True)
     return state
+
+
+def log(message: str) -> None:
+    """One line of the guardian's log (its stderr), with the time."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    print(f"{stamp} ekiden-trace guardian {os.getpid()}: {message}", file=sys.stderr, flush=True)
 
 
 def run_guardian() -> int:
@@ -162,23 +201,23 @@ def run_guardian() -> int:
         return 0  # the tool died before the capture: the old version was never touched
     state = _wait_for_state(state_file)
     if state is None:
-        print(
-            f"ekiden-trace guardian: the state of the update was never written ({state_file}); "
-            "if the process is stuck in its new version, restart the service.",
-            file=sys.stderr,
+        log(
+            f"the state of the update was never written ({state_file}); if the process is "
+            "stuck in its new version, restart the service."
         )
         return 1
+    log(f"the tool died during the update of process {state.pid}; taking over.")
+    kill_point("rescue")
     try:
         rescued = rescue(state)
-    except EkidenError as exc:
-        print(f"ekiden-trace guardian: {exc}", file=sys.stderr)
+    except Exception as exc:
+        log(f"{describe_failure(exc)}; its state stays in {state_file} for `recover`.")
         return 1
+    state_file.unlink(missing_ok=True)
     if rescued:
-        print(
-            f"ekiden-trace guardian: the tool died during the update of process {state.pid}; "
-            "the process was rolled back to its old version with its state.",
-            file=sys.stderr,
-        )
+        log(f"process {state.pid} was rolled back to its old version with its state.")
+    else:
+        log(f"process {state.pid} needed nothing: it was not left in the middle of the update.")
     return 0
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ekiden_trace.binary.files import file_identity
 from ekiden_trace.ops.lock import locked
 from ekiden_trace.ops.preflight import check_point, check_still_running, program_of
+from ekiden_trace.ops.recover import refuse_mid_update
 from ekiden_trace.state.capture import Capturer
 from ekiden_trace.state.control import STOP_FUNCTION, ControlBlock, choose_stop_signal
 from ekiden_trace.state.rendezvous import leave, wait_for_point
@@ -82,10 +83,12 @@ def inspect(pid: int, options: InspectOptions) -> Snapshot:
     control = None
     try:
         check_still_running(pid, running)
+        block = ControlBlock(tracee, program.marks.control + live.bias)
+        block.check()
+        refuse_mid_update(block, pid)
         point = None
         if not options.now:
-            control = ControlBlock(tracee, program.marks.control + live.bias)
-            control.check()
+            control = block
             signo = choose_stop_signal(tracee)
             point = wait_for_point(
                 tracee, control, signo, options.point, options.timeout, live

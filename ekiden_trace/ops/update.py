@@ -33,6 +33,7 @@ from ekiden_trace.ops.preflight import (
     check_trusted,
     program_of,
 )
+from ekiden_trace.ops.recover import refuse_mid_update
 from ekiden_trace.ops.rollback import GuardState, own_fds, roll_back_to
 from ekiden_trace.plan.planner import UpdatePlan, describe_drop, plan_update
 from ekiden_trace.plan.transformers import Transformers, load_transformers
@@ -227,19 +228,22 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
     # The new version loads the same libc: resolving malloc now parses its symbols
     # (cached by file) before the pause instead of during the restore.
     find_function(pid, "malloc")
-    guardian = Guardian(keep=[held_descriptor(old.path)])
+    guardian = Guardian(pid, keep=[held_descriptor(old.path)])
     clock.lap("plan")
     kill_point("planned")
     tracee = Tracee.seize(pid)
     kill_point("attached")
-    control: ControlBlock | None = ControlBlock(tracee, old.marks.control + live.bias)
+    block = ControlBlock(tracee, old.marks.control + live.bias)
+    control: ControlBlock | None = None  # disarmed on the way out, once armed
     try:
         check_still_running(pid, prepared.running)
-        control.check()
+        block.check()
+        refuse_mid_update(block, pid)
+        control = block
         signo = choose_stop_signal(tracee)
         injector = mark_injector(tracee, old, live.bias)
         report.point = wait_for_point(
-            tracee, control, signo, options.point, options.timeout, live
+            tracee, block, signo, options.point, options.timeout, live
         ).what
         clock.lap("wait")
         clock.pause_starts()
@@ -270,6 +274,8 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
         clock.pause_ends()
         clock.lap("restore")
         report.outcome = "updated"
+        if not guardian.alive():
+            report.notes.append("the guardian died during the update, which went on without it")
         kill_point("detach")
         return report
     finally:

@@ -8,7 +8,7 @@ import sys
 
 from conftest import REPO, run_tool
 
-PUBLIC_COMMANDS = ("cflags", "points", "inspect", "diff", "attach")
+PUBLIC_COMMANDS = ("cflags", "points", "inspect", "diff", "attach", "recover")
 
 
 def test_help_lists_the_public_commands_only() -> None:
