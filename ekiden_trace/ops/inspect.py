@@ -6,7 +6,12 @@ from dataclasses import dataclass
 
 from ekiden_trace.binary.files import file_identity
 from ekiden_trace.ops.lock import locked
-from ekiden_trace.ops.preflight import check_point, check_still_running, program_of
+from ekiden_trace.ops.preflight import (
+    check_not_stopped,
+    check_point,
+    check_still_running,
+    program_of,
+)
 from ekiden_trace.ops.recover import refuse_mid_update
 from ekiden_trace.state.capture import Capturer
 from ekiden_trace.state.control import STOP_FUNCTION, ControlBlock, choose_stop_signal
@@ -77,6 +82,8 @@ def inspect(pid: int, options: InspectOptions) -> Snapshot:
     program = program_of(pid)
     running = file_identity(procfs.exe_path(pid))
     check_point(program, options.point)
+    if not options.now:  # --now reads a stopped process as well
+        check_not_stopped(pid)
     _ = program.tags  # resolve tags before the pause
     live = LiveProcess(pid, program)
     tracee = Tracee.seize(pid)

@@ -101,3 +101,14 @@ def check_still_running(pid: int, identity: tuple[int, ...]) -> None:
             f"(it runs {os.path.realpath(procfs.exe_path(pid))} now: updated by another "
             "command?); run the command again."
         )
+
+
+def check_not_stopped(pid: int) -> None:
+    """TargetError for a process stopped by SIGSTOP or job control: it could not reach an
+    update point before someone continues it."""
+    if procfs.status(pid).get("State", "")[:1] == "T":
+        raise TargetError(
+            f"process {pid} is stopped (SIGSTOP or job control), so it cannot reach an update "
+            f"point; continue it (kill -CONT {pid}) and run the command again. Nothing was "
+            "changed."
+        )

@@ -27,6 +27,7 @@ from ekiden_trace.ops.guardian import Guardian
 from ekiden_trace.ops.inspect import capture_stopped
 from ekiden_trace.ops.lock import locked
 from ekiden_trace.ops.preflight import (
+    check_not_stopped,
     check_point,
     check_reachable,
     check_still_running,
@@ -215,6 +216,7 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
     clock = _Clock(report)
     old, plan = prepared.old, prepared.plan
     check_reachable(pid, prepared.new)
+    check_not_stopped(pid)
     check_trusted(pid, prepared.new, options.force)
     report.dropped = [d.what for d in plan.drops]
     names = version_names(report.old, report.new)

@@ -47,10 +47,17 @@ def wait_for_point(
     tracee.cont()
     kill_point("waiting")
     next_nudge = time.monotonic() + NUDGE_INTERVAL
+    group_stopped = False  # by SIGSTOP or job control, until a SIGCONT
     while True:
         now = time.monotonic()
         if now >= deadline:
             wanted = f"update point {point}" if point else "an update point"
+            if group_stopped:
+                raise WaitTimeout(
+                    f"process {tracee.pid} did not reach {wanted} within {timeout:g} s because "
+                    f"it is stopped (SIGSTOP or job control); continue it (kill -CONT "
+                    f"{tracee.pid}) and run the command again. Nothing was changed."
+                )
             raise WaitTimeout(
                 f"process {tracee.pid} did not reach {wanted} within {timeout:g} s; it runs on "
                 f"untouched.{_where(tracee, live)} Check that the point sits on a path the "
@@ -77,6 +84,7 @@ def wait_for_point(
                 control.arm(signo)
                 tracee.cont()
                 continue
+        group_stopped = stop.kind == "group" or (group_stopped and stop.kind == "interrupt")
         if stop.kind == "signal":
             tracee.cont(stop.signo)  # a real signal: deliver it as if we were not here
         elif stop.kind == "group":

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from clients import KvClient, fixture_binary, start_server
-from conftest import REPO, needs_ptrace, process_state, run_tool, tracer_of
+from clients import CounterClient, KvClient, fixture_binary, start_server
+from conftest import REPO, needs_ptrace, process_state, run_tool, tracer_of, wait_traced
 
 from ekiden_trace.binary.dwarf.cache import cache_dir
 
@@ -217,3 +217,57 @@ def test_new_version_blocking_the_stop_signal_gets_another_one() -> None:
         assert result.returncode == 0, result.stderr
         serving(server.pid, client, version=2)
         assert int(signal_state(server.pid)["SigBlk"], 16) & 1 << (signal.SIGURG - 1)
+
+
+@pytest.mark.parametrize("signo", [signal.SIGSTOP, signal.SIGTSTP])
+def test_a_stopped_target_is_told_stopped(signo: int) -> None:
+    with start_server(fixture_binary("kvstore", "v1")) as server, KvClient(server.port) as client:
+        client.set("kept", "yes")
+        os.kill(server.pid, signo)
+        deadline = time.monotonic() + 10
+        while process_state(server.pid) != "T":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        for command in (["inspect", str(server.pid)], attach_command(server.pid)[3:]):
+            result = run_tool(*command)
+            assert result.returncode == 3, result.stderr
+            assert "is stopped (SIGSTOP or job control)" in result.stderr
+            assert f"kill -CONT {server.pid}" in result.stderr
+            no_traceback(result)
+        shown = run_tool("inspect", "--now", str(server.pid))  # reading it needs no point
+        assert shown.returncode == 0, shown.stderr
+        assert process_state(server.pid) == "T" and tracer_of(server.pid) == 0
+        os.kill(server.pid, signal.SIGCONT)
+        serving(server.pid, client)
+
+
+def test_a_target_stopped_while_waiting_is_told_stopped() -> None:
+    with start_server(fixture_binary("counter", "v1")) as server:
+        client = CounterClient(server.port)
+        assert client.send("one") == "v1 #1 echo: one"
+        # con_loop is never reached while the client stays: the tool waits.
+        tool = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ekiden_trace",
+                "inspect",
+                "--point",
+                "con_loop",
+                "--timeout",
+                "3",
+                str(server.pid),
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_traced(server.pid, tool.pid)
+        os.kill(server.pid, signal.SIGSTOP)
+        _, err = tool.communicate(timeout=60)
+        assert tool.returncode == 4, err
+        assert "because it is stopped (SIGSTOP or job control)" in err and "Traceback" not in err
+        os.kill(server.pid, signal.SIGCONT)
+        assert client.send("two") == "v1 #1 echo: two"
+        client.close()
