@@ -27,8 +27,10 @@ _PAGE = mmap.PAGESIZE
 _IOV_MAX = 1024
 _WORD_MASK = (1 << 64) - 1
 _EINTR_RAX = -errno.EINTR & _WORD_MASK
-# -ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND, -ERESTART_RESTARTBLOCK
-_RESTART_RAX = frozenset(-e & _WORD_MASK for e in (512, 513, 514, 516))
+# -ERESTARTSYS, -ERESTARTNOHAND, -ERESTART_RESTARTBLOCK: calls the kernel restarts after a
+# signal, which a nudge makes return EINTR.  Not -ERESTARTNOINTR: those calls (fork,
+# clone...) must never fail with EINTR, and programs do not retry them.
+_RESTART_RAX = frozenset(-e & _WORD_MASK for e in (512, 514, 516))
 _GROUP_STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
 # One sigtimedwait never sleeps longer than this, so a SIGCHLD taken by
 # another thread of the tool costs at most this much latency.
