@@ -127,16 +127,27 @@ def soak(updates: int) -> dict:
         }
 
 
+SOAK_BEGIN, SOAK_END = "<!-- soak: written by make soak -->", "<!-- end of soak -->"
+
+
 def write_reliability(figures: dict, path: Path) -> None:
-    """Put the soak's figures into RELIABILITY.md."""
+    """Put the soak's figures into RELIABILITY.md, between its soak markers (the rest of
+    the file is kept)."""
     rows = "\n".join(f"| {k} | {v} |" for k, v in figures.items())
-    path.write_text(
-        "# Reliability figures\n\n"
+    section = (
+        f"{SOAK_BEGIN}\n"
         f"Soak run by `make soak` on {time.strftime('%Y-%m-%d')}: {figures['updates']} "
         f"consecutive updates of kvstore v1 -> v2 -> v1 -> ... with {NKEYS} keys, while "
         f"{CLIENTS} clients send SET/GET pairs on persistent connections.\n\n"
-        "| figure | value |\n|---|---|\n" + rows + "\n"
+        "| figure | value |\n|---|---|\n" + rows + f"\n{SOAK_END}"
     )
+    text = path.read_text() if path.exists() else "# Reliability figures\n\n"
+    if SOAK_BEGIN in text and SOAK_END in text:
+        before, _, rest = text.partition(SOAK_BEGIN)
+        text = before + section + rest.partition(SOAK_END)[2]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
 
 
 def main() -> None:
