@@ -82,11 +82,11 @@ def test_binary_replaced_on_disk(command: str, tmp_path: Path) -> None:
         if command == "inspect":
             result = run_tool("inspect", str(server.pid))
             assert result.returncode == 0 and "table" in result.stdout, result.stderr
-        else:  # a refused plan: nothing was touched
+        else:  # a refused plan (it drops state, needs a transformer): nothing was touched
             result = run_tool(
                 "attach", str(server.pid), "--new", str(fixture_binary("kvstore", "v3"))
             )
-            assert result.returncode == 10, result.stderr
+            assert result.returncode in (9, 10), result.stderr
         no_traceback(result)
         serving(server.pid, client)
 
