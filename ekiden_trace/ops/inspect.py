@@ -12,7 +12,7 @@ from ekiden_trace.ops.preflight import (
     check_still_running,
     program_of,
 )
-from ekiden_trace.ops.recover import refuse_mid_update
+from ekiden_trace.ops.recover import check_not_mid_update, refuse_mid_update
 from ekiden_trace.state.capture import Capturer
 from ekiden_trace.state.control import STOP_FUNCTION, ControlBlock, choose_stop_signal
 from ekiden_trace.state.rendezvous import leave, wait_for_point
@@ -80,6 +80,7 @@ def capture_stopped(live: LiveProcess, tracee: Tracee, point: str | None, now: b
 def inspect(pid: int, options: InspectOptions) -> Snapshot:
     """Capture the tagged state of process `pid`; it keeps running, untouched, afterwards."""
     program = program_of(pid)
+    check_not_mid_update(pid, program)
     running = file_identity(procfs.exe_path(pid))
     check_point(program, options.point)
     if not options.now:  # --now reads a stopped process as well

@@ -14,13 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ekiden_trace.binary.program import Program
 from ekiden_trace.errors import EkidenError, TargetError
 from ekiden_trace.ops.guardian import guard_dir, log_path, read_state, rescue
 from ekiden_trace.ops.lock import locked
 from ekiden_trace.ops.preflight import program_of
-from ekiden_trace.state.control import ControlBlock
+from ekiden_trace.state.control import ControlBlock, guarded_at
 from ekiden_trace.state.rendezvous import leave
 from ekiden_trace.target.address_space import LiveProcess
+from ekiden_trace.target.images import load_bias
 from ekiden_trace.target.tracee import Tracee, check_traceable
 
 
@@ -34,11 +36,23 @@ def refuse_mid_update(control: ControlBlock, pid: int) -> None:
     """MidUpdate when the process (seized, its control block checked) was left in the
     middle of an update; it must then be released as it is, its marks untouched."""
     if control.is_guarded():
-        raise MidUpdate(
-            f"process {pid} is in the middle of an update that no tool finishes: it waits in a "
-            "mark of its new version, half-restored, and nothing was changed. Run "
-            f"`ekiden-trace recover {pid}` to roll it back to its old version with its state."
-        )
+        raise _mid_update(pid)
+
+
+def check_not_mid_update(pid: int, program: Program) -> None:
+    """MidUpdate, before anything else is read or planned, when process `pid` (running
+    `program`, not traced) was left in the middle of an update."""
+    bias = load_bias(pid, program.path)
+    if bias is not None and guarded_at(pid, program.marks.control + bias):
+        raise _mid_update(pid)
+
+
+def _mid_update(pid: int) -> MidUpdate:
+    return MidUpdate(
+        f"process {pid} is in the middle of an update that no tool finishes: it waits in a "
+        "mark of its new version, half-restored, and nothing was changed. Run "
+        f"`ekiden-trace recover {pid}` to roll it back to its old version with its state."
+    )
 
 
 @dataclass(frozen=True)

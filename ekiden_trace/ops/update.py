@@ -34,7 +34,7 @@ from ekiden_trace.ops.preflight import (
     check_trusted,
     program_of,
 )
-from ekiden_trace.ops.recover import refuse_mid_update
+from ekiden_trace.ops.recover import check_not_mid_update, refuse_mid_update
 from ekiden_trace.ops.rollback import GuardState, own_fds, roll_back_to
 from ekiden_trace.plan.planner import UpdatePlan, describe_drop, plan_update
 from ekiden_trace.plan.transformers import Transformers, load_transformers
@@ -160,6 +160,7 @@ class Prepared:
 def prepare(pid: int, options: UpdateOptions) -> Prepared:
     """Read both binaries and plan; raises before anything touches the process."""
     old = program_of(pid)
+    check_not_mid_update(pid, old)
     running = file_identity(procfs.exe_path(pid))
     new = Program(os.path.abspath(options.new))  # the target execs it from its own cwd
     if not new.points:

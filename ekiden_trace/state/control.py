@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ekiden_trace.binary.program import Program
 from ekiden_trace.errors import TargetError
+from ekiden_trace.target import procfs
 from ekiden_trace.target.images import file_gadget
 from ekiden_trace.target.inject import Injector
 from ekiden_trace.target.tracee import Tracee
@@ -75,6 +76,18 @@ def choose_stop_signal(tracee: Tracee) -> int:
         f"process {tracee.pid} blocks or handles all of {names}, so its marks cannot report "
         "to ekiden-trace; leave one of them at its default action."
     )
+
+
+def guarded_at(pid: int, address: int) -> bool:
+    """Whether the control block at `address` in process `pid` (not traced: read as it
+    runs) says an update was left under way."""
+    try:
+        raw = procfs.read_memory(pid, address, BLOCK_SIZE)
+    except OSError:
+        return False  # unreadable here: the check after seizing it decides
+    if len(raw) < BLOCK_SIZE or struct.unpack_from("<I", raw, OFF_MAGIC)[0] != MAGIC:
+        return False
+    return struct.unpack_from("<i", raw, OFF_GUARDED)[0] != 0
 
 
 class ControlBlock:
