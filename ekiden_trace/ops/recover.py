@@ -11,16 +11,20 @@ until the update is settled.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ekiden_trace.binary.files import held_descriptor
 from ekiden_trace.binary.program import Program
 from ekiden_trace.errors import EkidenError, TargetError
 from ekiden_trace.ops.guardian import guard_dir, log_path, read_state, rescue
 from ekiden_trace.ops.lock import locked
 from ekiden_trace.ops.preflight import program_of
+from ekiden_trace.ops.rollback import GuardState
 from ekiden_trace.state.control import ControlBlock, guarded_at
 from ekiden_trace.state.rendezvous import leave
+from ekiden_trace.target import procfs
 from ekiden_trace.target.address_space import LiveProcess
 from ekiden_trace.target.images import load_bias
 from ekiden_trace.target.tracee import Tracee, check_traceable
@@ -83,6 +87,16 @@ def _guarded(pid: int) -> bool:
         leave(tracee, None)  # its marks stay as they are
 
 
+def _reachable(state: GuardState) -> GuardState:
+    """The state with a path to v1's image that this process can open: the dead tool held
+    the image open (/proc/self/fd/N was its own fd), the target holds it too."""
+    if held_descriptor(state.old_path) is None:
+        return state
+    if state.image_fd is not None and os.path.exists(procfs.fd_path(state.pid, state.image_fd)):
+        return replace(state, old_path=procfs.fd_path(state.pid, state.image_fd))
+    return replace(state, old_path=state.old_name)
+
+
 @locked
 def recover(pid: int) -> Recovered:
     """Roll process `pid` back to its old version with its state, when a tool and its
@@ -91,7 +105,7 @@ def recover(pid: int) -> Recovered:
     files = _state_files(pid)
     if not _guarded(pid):
         if files:  # a dead tool's leftovers, e.g. fds still without FD_CLOEXEC
-            rescue(read_state(files[0]))
+            rescue(_reachable(read_state(files[0])))
         for path in files:
             path.unlink(missing_ok=True)
         return Recovered(pid, False, "")
@@ -102,7 +116,7 @@ def recover(pid: int) -> Recovered:
             "cannot be brought back; what can still be done is to restart the service (its "
             f"clients' connections are lost). The guardian's log, if any: {log_path(pid)}."
         )
-    state = read_state(files[0])
+    state = _reachable(read_state(files[0]))
     if not rescue(state):
         raise TargetError(f"process {pid} could not be rolled back; restart the service.")
     for path in files:
