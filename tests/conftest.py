@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,39 @@ def wait_traced(pid: int, tracer: int | None = None, timeout: float = 10) -> Non
     while tracer_of(pid) == 0 or (tracer is not None and tracer_of(pid) != tracer):
         assert time.monotonic() < deadline, f"process {pid} was never traced"
         time.sleep(0.002)
+
+
+RUN_ENV = "EKIDEN_TEST_RUN"  # inherited by the tools a test starts, and by their guardians
+
+
+@pytest.fixture(autouse=True)
+def tagged_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tag each test's tools, so that its guardians can be told from other tests'."""
+    monkeypatch.setenv(RUN_ENV, uuid.uuid4().hex)
+
+
+def guardians_of_this_test() -> list[int]:
+    """The guardians still running that a tool of this test started.  They do not hold the
+    tool's output, so run_tool returns when the tool ends, maybe before they are done."""
+    tag = f"{RUN_ENV}={os.environ[RUN_ENV]}".encode()
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            if (
+                argv[-3:-1] == [b"ekiden_trace", b"_guard"]
+                and tag in Path(f"/proc/{entry}/environ").read_bytes()
+            ):
+                found.append(int(entry))
+    return found
+
+
+def wait_for_guardians(timeout: float = 30) -> None:
+    """Wait until the guardians of this test are done."""
+    deadline = time.monotonic() + timeout
+    while guardians_of_this_test():
+        assert time.monotonic() < deadline, "a guardian of this test still runs"
+        time.sleep(0.01)
 
 
 def ptrace_allowed() -> bool:

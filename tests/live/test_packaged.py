@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from clients import CounterClient, KvClient, fixture_binary, start_server
-from conftest import REPO, needs_ptrace, process_state, run_tool, tracer_of
+from conftest import REPO, needs_ptrace, process_state, run_tool, tracer_of, wait_for_guardians
 from distro import build_id, debuginfod, distro_build
 
 pytestmark = needs_ptrace
@@ -38,6 +38,7 @@ def open_fds(pid: int) -> set[str]:
 
 def settled(pid: int, timeout: float = 30) -> None:
     """Wait until nobody traces the process and it runs (a guardian is done with it)."""
+    wait_for_guardians(timeout)
     deadline = time.monotonic() + timeout
     while tracer_of(pid) != 0 or process_state(pid) not in "SR":
         assert time.monotonic() < deadline, f"process {pid} still traced or stopped"
