@@ -126,7 +126,7 @@ class _Checker:
         if id(new) in self.seen or isinstance(new.value, bytes):
             return
         self.seen.add(id(new))
-        if new.count != 1:
+        if new.count != 1 or isinstance(new.value, list | tuple):  # ctx.array, one item too
             if not isinstance(new.value, list | tuple):
                 raise ShapeError(path, f"{new.count} elements need a list, not {describe(new)}")
             for i, item in enumerate(new.value):
