@@ -49,6 +49,11 @@ class Staged:
         """The path, inside the root, of the staged copy of executable `source`."""
         return self.executables[source]
 
+    def files(self) -> list[str]:
+        """The staged files, by paths the tool opens them through (its fd on the root)."""
+        directory = f"/proc/self/fd/{self.root_fd}/{self.name}"
+        return [f"{directory}/{entry}" for entry in sorted(os.listdir(directory))]
+
 
 def open_root(pid: int) -> int:
     """An fd on process pid's root directory; StagingRefused when it cannot be staged in."""
