@@ -409,6 +409,12 @@ def report_text(report: UpdateReport) -> str:
         + ")",
         f"moved into {new}: {written}" if updated else f"restored into {old}: {written}",
     ]
+    if report.staged:
+        size, seconds = report.staged
+        lines.append(
+            f"staged in its root (chrooted): {size / 1e6:.1f} MB in {seconds * 1000:.1f} ms, "
+            "before the pause; removed when done"
+        )
     if report.calls:
         lines.append(
             f"transformers called {new}'s own code {report.calls} times "

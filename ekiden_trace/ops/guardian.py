@@ -27,6 +27,7 @@ from ekiden_trace.binary.dwarf.cache import cache_dir
 from ekiden_trace.errors import TargetError, describe_failure
 from ekiden_trace.faults import GUARDIAN_KILL_ENV, KILL_ENV, guardian_started, kill_point
 from ekiden_trace.ops.rollback import GuardState, own_fds, roll_back_to
+from ekiden_trace.target.staging import unstage
 from ekiden_trace.target.tracee import give_cpus
 
 SEIZE_PATIENCE = 10.0
@@ -83,6 +84,11 @@ class Guardian:
         with contextlib.suppress(OSError):
             cpus = os.sched_getaffinity(pid)
             self._send(f"cpus {pid} {','.join(map(str, sorted(cpus)))}\n")
+
+    def watch_staging(self, root_fd: int, name: str) -> None:
+        """Tell the guardian the staging directory `name` made in the root open at
+        root_fd (an fd it inherited): if the tool dies, the guardian removes it."""
+        self._send(f"staged {root_fd} {name}\n")
 
     def hand_over(self, state: GuardState) -> None:
         """Give the guardian what it needs to roll the target back."""
@@ -187,16 +193,29 @@ def run_guardian() -> int:
     print("ready", flush=True)
     state_file: Path | None = None
     cpus: tuple[int, set[int]] | None = None
+    staging: tuple[int, str] | None = None
     for line in sys.stdin:
         if line.startswith("state "):
             state_file = Path(line[6:].strip())
         elif line.startswith("cpus "):
             pid, listed = line.split()[1:]
             cpus = int(pid), {int(cpu) for cpu in listed.split(",")}
+        elif line.startswith("staged "):
+            fd, name = line.split()[1:]
+            staging = int(fd), name
         elif line.strip() == "done":
             return 0
     if cpus is not None:
         give_cpus(*cpus)
+    try:
+        return _take_over(state_file)
+    finally:
+        if staging is not None:  # after the rollback, which may exec v1's staged copy
+            unstage(*staging)
+
+
+def _take_over(state_file: Path | None) -> int:
+    """Roll the target back from the state in state_file, if the tool handed one over."""
     if state_file is None:
         return 0  # the tool died before the capture: the old version was never touched
     state = _wait_for_state(state_file)

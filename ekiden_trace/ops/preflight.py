@@ -11,6 +11,7 @@ from ekiden_trace.binary.files import file_identity, hold, same_file
 from ekiden_trace.binary.program import Program
 from ekiden_trace.errors import BinaryError, TargetError
 from ekiden_trace.target import procfs
+from ekiden_trace.target.staging import StagingRefused, open_root
 from ekiden_trace.target.tracee import check_traceable
 
 
@@ -37,15 +38,26 @@ def check_trusted(pid: int, new: Program, force: bool) -> None:
         )
 
 
+def must_stage(pid: int, new: Program) -> bool:
+    """True when the process cannot see `new` (or its loader) as the tool does, from its
+    root (it is chrooted): its exec needs them staged inside that root."""
+    paths = filter(None, (str(new.path.resolve()), new.elf.interpreter))
+    return not all(same_file(procfs.root_path(pid, path), path) for path in paths)
+
+
 def check_reachable(pid: int, new: Program) -> None:
-    """TargetError unless the process could exec `new` itself: the same file (and its
-    interpreter) seen from the process's root, executable with its credentials."""
-    for path in filter(None, (str(new.path.resolve()), new.elf.interpreter)):
-        if not same_file(procfs.root_path(pid, path), path):
+    """Unupdatable unless the process could exec `new`: the same file (and its
+    interpreter) seen from the process's root, executable with its credentials, or, for a
+    chrooted process, a root the new version can be staged in (files open to all)."""
+    if must_stage(pid, new):
+        try:
+            os.close(open_root(pid))
+        except StagingRefused as error:
             raise Unupdatable(
-                f"process {pid} cannot see {path} from its root directory (is it chrooted?); "
-                "it could not exec the new version, so it is left as it is."
-            )
+                f"process {pid} cannot see {new.path} from its root directory and {error}; "
+                "it is left as it is."
+            ) from None
+        return
     uid, gid = procfs.uid_gid(pid)
     info = new.path.stat()
     if uid == 0:

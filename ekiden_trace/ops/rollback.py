@@ -40,6 +40,7 @@ class GuardState:
     # afterwards: delivered once it stands at its update point, its handlers installed.
     held: list[int] = field(default_factory=list)
     image_fd: int | None = None  # an fd of the process itself on v1's image, when it has one
+    staged_old: str | None = None  # v1's staged copy inside the process's root (chrooted)
 
 
 def roll_back_to(
@@ -78,10 +79,13 @@ def own_fds(state: GuardState) -> list[int]:
 
 
 def _exec_old(injector: Injector, old: Program, state: GuardState) -> None:
-    """Exec the very image v1 ran, whatever its path holds now: from the process's own fd
-    on it, or else from its path while that still names the same file."""
+    """Exec the very image v1 ran, whatever its path holds now: its copy staged in the
+    process's root (chrooted), the process's own fd on it, or else its path while that
+    still names the same file."""
     pid = state.pid
-    if state.image_fd is not None and same_file(procfs.fd_path(pid, state.image_fd), old.path):
+    if state.staged_old is not None:
+        injector.exec_in_place(state.staged_old, state.argv, state.envp)
+    elif state.image_fd is not None and same_file(procfs.fd_path(pid, state.image_fd), old.path):
         injector.exec_in_place(b"", state.argv, state.envp, fd=state.image_fd)
     elif same_file(procfs.root_path(pid, state.old_name), old.path):
         injector.exec_in_place(state.old_name, state.argv, state.envp)

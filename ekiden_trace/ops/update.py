@@ -32,6 +32,7 @@ from ekiden_trace.ops.preflight import (
     check_reachable,
     check_still_running,
     check_trusted,
+    must_stage,
     program_of,
 )
 from ekiden_trace.ops.recover import check_not_mid_update, refuse_mid_update
@@ -51,7 +52,9 @@ from ekiden_trace.state.restore import Restorer, RestoreResult
 from ekiden_trace.state.snapshot import Snapshot
 from ekiden_trace.target import procfs
 from ekiden_trace.target.address_space import LiveProcess
+from ekiden_trace.target.images import load_image
 from ekiden_trace.target.inject import InjectionError, Injector, find_function
+from ekiden_trace.target.staging import Staged, stage, unstage
 from ekiden_trace.target.tracee import Tracee, sharing_cpu
 
 
@@ -110,6 +113,7 @@ class UpdateReport:
     objects: int = 0
     bytes: int = 0
     calls: int = 0  # transformers' calls into the new version (what they built is not counted)
+    staged: tuple[int, float] | None = None  # chrooted: bytes staged in its root, seconds
     notes: list[str] = field(default_factory=list)
 
 
@@ -231,7 +235,28 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
     # The new version loads the same libc: resolving malloc now parses its symbols
     # (cached by file) before the pause instead of during the restore.
     find_function(pid, "malloc")
-    guardian = Guardian(pid, keep=[held_descriptor(old.path)])
+    with _staging(pid, prepared) as staged:
+        return _update(pid, options, prepared, staged, clock, live, (old_argv, argv, envp))
+
+
+def _update(
+    pid: int,
+    options: UpdateOptions,
+    prepared: Prepared,
+    staged: Staged | None,
+    clock: _Clock,
+    live: LiveProcess,
+    context: tuple[list[bytes], list[bytes], list[bytes]],
+) -> UpdateReport:
+    """The update from the guardian's start on, the checks done (and the new version
+    staged in a chrooted process's root)."""
+    report = clock.report
+    old = prepared.old
+    old_argv, argv, envp = context  # the command line it runs, the one to exec, environment
+    guardian = Guardian(pid, keep=[held_descriptor(old.path), staged and staged.root_fd])
+    if staged is not None:
+        guardian.watch_staging(staged.root_fd, staged.name)
+        report.staged = (staged.bytes, staged.seconds)
     clock.lap("plan")
     kill_point("planned")
     tracee = Tracee.seize(pid)
@@ -252,7 +277,7 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
         clock.pause_starts()
         guardian.watch_cpus(pid)
         with sharing_cpu(pid):  # the tool and the process hand over to each other many times
-            snapshot = _capture(live, tracee, plan, report.point)
+            snapshot = _capture(live, tracee, prepared.plan, report.point)
             report.inactive = [v.key for v in snapshot.variables if v.absent and not v.lost]
             clock.lap("capture")
             blocked, ignored, _ = tracee.signal_masks()
@@ -269,8 +294,10 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
                 options.timeout,
                 frozenset(blocked),
                 frozenset(ignored),
+                staged_old=staged and staged.path(str(old.path)),
             )
-            _exec_new(injector, guardian, state, str(prepared.new.path), argv)
+            new_path = staged.path(str(prepared.new.path)) if staged else str(prepared.new.path)
+            _exec_new(injector, guardian, state, new_path, argv)
             control = None  # the old control block went away with the old image
             clock.lap("exec")
             _restore_new(tracee, prepared, state, clock)
@@ -284,6 +311,29 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
     finally:
         leave(tracee, control)
         guardian.done()
+
+
+@contextlib.contextmanager
+def _staging(pid: int, prepared: Prepared) -> Iterator[Staged | None]:
+    """For a chrooted process, both versions with their loader and libraries staged in its
+    root (a rollback execs v1 there too); None when it sees the new version as it is."""
+    if not must_stage(pid, prepared.new):
+        yield None
+        return
+    old, new = prepared.old, prepared.new
+    old_name = os.path.basename(old.name.removesuffix(" (deleted)"))
+    if old_name == new.path.name:  # a package upgrade: both versions had one path
+        old_name += ".old"
+    staged = stage(pid, [(str(new.path), new.path.name), (str(old.path), old_name)])
+    try:
+        if file_identity(str(new.path)) != prepared.checked:
+            raise BinaryError(f"{new.path} changed between its check and its staging")
+        for path in staged.files():  # the new version maps these copies, not the originals:
+            load_image(path)  # read now, what the restore resolves in them is cached
+        yield staged
+    finally:
+        unstage(staged.root_fd, staged.name)
+        os.close(staged.root_fd)
 
 
 def _capture(live: LiveProcess, tracee: Tracee, plan: UpdatePlan, point: str) -> Snapshot:
@@ -333,7 +383,10 @@ def _restore_new(tracee: Tracee, prepared: Prepared, state: GuardState, clock: _
             state.held,
         )
         kill_point("exec")  # the new version is guarded from here on
-        if file_identity(procfs.exe_path(state.pid)) != prepared.checked:
+        if (
+            state.staged_old is None
+            and file_identity(procfs.exe_path(state.pid)) != prepared.checked
+        ):
             raise RestoreFailed(f"{prepared.new.path} changed between its check and the exec")
         result = restorer.run(state.timeout)
     except Exception as failure:  # whatever failed, v2 must not run on half-restored

@@ -144,11 +144,22 @@ def load_bias(pid: int, path: StrPath) -> int | None:
     """Load bias of the program `pid` runs, when that is the file `path`: where the kernel
     placed its entry point (AT_ENTRY) minus the entry point the file names (cheap, and
     right after an exec too).  None when the process runs another file (or `path` is not
-    an x86-64 ELF file)."""
-    image = load_image(str(path)) if same_file(procfs.exe_path(pid), path) else None
+    an x86-64 ELF file).  A copy of `path` staged for a chrooted process counts as `path`:
+    the same build, at the same addresses."""
+    exe = procfs.exe_path(pid)
+    image = load_image(str(path)) if same_file(exe, path) or same_build(exe, path) else None
     if image is None:
         return None
     return procfs.auxv(pid)[AT_ENTRY] - image.entry
+
+
+def same_build(a: StrPath, b: StrPath) -> bool:
+    """True when the ELF files `a` and `b` carry the same build-id."""
+    try:
+        with ElfBinary(a) as first, ElfBinary(b) as second:
+            return first.build_id is not None and first.build_id == second.build_id
+    except (BinaryError, OSError):
+        return False
 
 
 def matches_library(path: str, library: str) -> bool:

@@ -47,11 +47,13 @@ from ftp_helpers import (
 
 TAGS = {"listen_fd", "num_children", "pid_to_addr", "addr_to_count", "max_per_ip", "sess"}
 TAGS |= {"priv_child"}  # FTPD_CHROOT_SESSIONS: a privileged session's chrooted child
+TAGS |= {"accounts", "naccounts"}  # USERFILE's, read by a fresh start only
 FROM_MARKS = {"prelogin_loop", "postlogin_loop", "priv_loop"}
 HINTS = {
     ("array", "struct hash", "buckets", "nbuckets"),
     ("buffer", "struct hash_node", "key", "key_size"),
     ("buffer", "struct hash_node", "value", "value_size"),
+    ("array", "", "accounts", "naccounts"),
 }
 
 

@@ -1,4 +1,5 @@
-"""A target that could not exec the new binary itself is refused before the pause."""
+"""A target that could not exec the new binary itself is refused before the pause; a
+chrooted one has it staged in its root, unless nothing can be staged there."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def refused(pid: int, new: Path, words: str) -> None:
     assert code_bytes(pid) == before
 
 
-def test_chrooted_target_cannot_see_the_new_binary(tmp_path: Path) -> None:
+def jailed_kvstore(tmp_path: Path) -> tuple[Path, int, subprocess.Popen[str]]:
+    """kvstore v1 chrooted into tmp_path/jail, with its loader and libraries."""
     root = tmp_path / "jail"
     binary = fixture_binary("kvstore", "v1")
     libs = subprocess.run(["ldd", str(binary)], capture_output=True, text=True).stdout
@@ -39,13 +41,36 @@ def test_chrooted_target_cannot_see_the_new_binary(tmp_path: Path) -> None:
         shutil.copy(path, target)
     shutil.copy(binary, root / "kvstore")
     port = free_port()
-    proc = start(["chroot", str(root), "/kvstore", str(port)], port)
+    return root, port, start(["chroot", str(root), "/kvstore", str(port)], port)
+
+
+def test_chrooted_target_is_updated_through_its_root(tmp_path: Path) -> None:
+    root, port, proc = jailed_kvstore(tmp_path)
     try:
-        refused(proc.pid, fixture_binary("kvstore", "v2"), "cannot see")
+        with KvClient(port) as client:
+            client.set("still", "here")
+        new = fixture_binary("kvstore", "v2")
+        result = run_tool("attach", str(proc.pid), "--new", str(new), "--allow-drop")
+        assert result.returncode == 0, result.stderr
+        assert "staged in its root (chrooted)" in result.stdout
+        assert not [entry for entry in os.listdir(root) if entry.startswith(".ek-")]
+        with KvClient(port) as client:
+            assert client.stats()["version"] == 2 and client.get("still") == "here"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_chrooted_target_whose_root_cannot_be_staged_in(tmp_path: Path) -> None:
+    root, port, proc = jailed_kvstore(tmp_path)
+    subprocess.run(["chattr", "+i", str(root)], check=True)
+    try:
+        refused(proc.pid, fixture_binary("kvstore", "v2"), "cannot be staged there")
         with KvClient(port) as client:
             client.set("still", "here")
             assert client.stats()["version"] == 1
     finally:
+        subprocess.run(["chattr", "-i", str(root)], check=True)
         proc.kill()
         proc.wait()
 
