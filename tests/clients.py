@@ -114,8 +114,15 @@ class Server:
         self.stop()
 
 
-def start_server(binary: Path, *args: str, port: int | None = None) -> Server:
-    """Start binary with the port as argv[1] and wait until it says it listens."""
+def start_server(
+    binary: Path, *args: str, port: int | None = None, own_group: bool = False
+) -> Server:
+    """Start binary with the port as argv[1] and wait until it says it listens.
+
+    `own_group` starts it in a process group of its own, as a shell's job control
+    does: the kernel discards SIGTSTP sent to a process of an orphaned group, which
+    the test runner's group may be (a CI job started in the background).
+    """
     if port is None:
         port = free_port()
     proc = subprocess.Popen(
@@ -123,6 +130,7 @@ def start_server(binary: Path, *args: str, port: int | None = None) -> Server:
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,
+        process_group=0 if own_group else None,
     )
     server = Server(proc, port)
     try:

@@ -221,7 +221,8 @@ def test_new_version_blocking_the_stop_signal_gets_another_one() -> None:
 
 @pytest.mark.parametrize("signo", [signal.SIGSTOP, signal.SIGTSTP])
 def test_a_stopped_target_is_told_stopped(signo: int) -> None:
-    with start_server(fixture_binary("kvstore", "v1")) as server, KvClient(server.port) as client:
+    server = start_server(fixture_binary("kvstore", "v1"), own_group=True)
+    with server, KvClient(server.port) as client:
         client.set("kept", "yes")
         os.kill(server.pid, signo)
         deadline = time.monotonic() + 10
