@@ -32,6 +32,22 @@ def run_tool(
     )
 
 
+def start_tool(
+    *args: str, env: dict[str, str] | None = None, quiet: bool = False
+) -> subprocess.Popen[str]:
+    """Start `ekiden-trace ARGS` in the background (with extra environment); its output is
+    piped as text, or thrown away when `quiet`."""
+    output = subprocess.DEVNULL if quiet else subprocess.PIPE
+    return subprocess.Popen(
+        [sys.executable, "-m", "ekiden_trace", *args],
+        cwd=REPO,
+        stdout=output,
+        stderr=output,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
 def compile_marked(source: Path, binary: Path, *flags: str) -> Path:
     """Compile a C program that includes ekiden.h (gcc -I probes FLAGS); the binary."""
     cmd = ["gcc", "-I", str(REPO / "probes"), *flags, str(source), "-o", str(binary)]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from clients import CounterClient, KvClient, fixture_binary, start_server
-from conftest import REPO, needs_ptrace, process_state, run_tool, tracer_of, wait_traced
+from conftest import REPO, needs_ptrace, process_state, run_tool, start_tool, tracer_of, wait_traced
 
 from ekiden_trace.binary.dwarf.cache import cache_dir
 
@@ -101,16 +101,7 @@ def test_two_attach_commands_race_on_one_pid(round_: int) -> None:
     """Exactly one updates; the other says who holds the process, never blames the kernel."""
     with start_server(fixture_binary("kvstore", "v1")) as server, KvClient(server.port) as client:
         client.set("kept", "yes")
-        both = [
-            subprocess.Popen(
-                attach_command(server.pid),
-                cwd=REPO,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(2)
-        ]
+        both = [start_tool(*attach_command(server.pid)[3:]) for _ in range(2)]
         results = [(p.wait(timeout=60), *p.communicate()) for p in both]
         codes = sorted(code for code, _, _ in results)
         errors = "".join(err for _, _, err in results)
@@ -125,14 +116,9 @@ def test_a_process_updated_by_another_command_meanwhile_is_refused(tmp_path: Pat
     updated the process meanwhile; the slow one finds another file running, and refuses."""
     with start_server(fixture_binary("kvstore", "v1")) as server, KvClient(server.port) as client:
         client.set("kept", "yes")
-        slow = subprocess.Popen(
-            attach_command(server.pid),
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        slow = start_tool(
+            *attach_command(server.pid)[3:],
             env={
-                **os.environ,
                 "XDG_CACHE_HOME": str(tmp_path),
                 "EKIDEN_TRACE_SLOW_AT": "planned:3",
             },
@@ -247,23 +233,7 @@ def test_a_target_stopped_while_waiting_is_told_stopped() -> None:
         client = CounterClient(server.port)
         assert client.send("one") == "v1 #1 echo: one"
         # con_loop is never reached while the client stays: the tool waits.
-        tool = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ekiden_trace",
-                "inspect",
-                "--point",
-                "con_loop",
-                "--timeout",
-                "3",
-                str(server.pid),
-            ],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        tool = start_tool("inspect", "--point", "con_loop", "--timeout", "3", str(server.pid))
         wait_traced(server.pid, tool.pid)
         os.kill(server.pid, signal.SIGSTOP)
         _, err = tool.communicate(timeout=60)

@@ -6,14 +6,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from clients import CounterClient, KvClient, fixture_binary, start_server
-from conftest import REPO, needs_ptrace, process_state, run_tool, tracer_of, wait_for_guardians
+from conftest import (
+    REPO,
+    needs_ptrace,
+    process_state,
+    run_tool,
+    start_tool,
+    tracer_of,
+    wait_for_guardians,
+)
 from distro import build_id, debuginfod, distro_build
 
 pytestmark = needs_ptrace
@@ -90,13 +96,7 @@ def test_rollback_execs_the_image_v1_ran(change: str, tmp_path: Path) -> None:
         client.set("a", "b")
         image, fds = exe_inode(server.pid), open_fds(server.pid)
         attach = ["attach", str(server.pid), "--new", hanging, "--timeout", "3", "--allow-drop"]
-        tool = subprocess.Popen(
-            [sys.executable, "-m", "ekiden_trace", *attach],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        tool = start_tool(*attach)
         deadline = time.monotonic() + 60
         while not os.path.samefile(f"/proc/{server.pid}/exe", hanging):  # v2 started
             assert tool.poll() is None and time.monotonic() < deadline, tool.communicate()

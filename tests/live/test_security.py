@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 from clients import CounterClient, KvClient, code_bytes, fixture_binary, start_server
-from conftest import REPO, compile_marked, needs_ptrace, run_tool, tracer_of, wait_traced
+from conftest import (
+    compile_marked,
+    needs_ptrace,
+    run_tool,
+    start_tool,
+    tracer_of,
+    wait_traced,
+)
 
 pytestmark = needs_ptrace
 
@@ -55,24 +60,8 @@ def test_binary_swapped_after_its_check_is_not_kept(tmp_path: Path) -> None:
         client = CounterClient(server.port)
         assert client.send("one") == "v1 #1 echo: one"
         # The tool checks v2, then waits for con_loop, which the client's session delays.
-        tool = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ekiden_trace",
-                "attach",
-                str(server.pid),
-                "--new",
-                str(new),
-                "--point",
-                "con_loop",
-                "--timeout",
-                "30",
-            ],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        tool = start_tool(
+            "attach", str(server.pid), "--new", str(new), "--point", "con_loop", "--timeout", "30"
         )
         wait_traced(server.pid, tool.pid)
         swapped = tmp_path / "other"

@@ -4,25 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 from clients import CounterClient, KvClient, code_bytes, fixture_binary, start_server
-from conftest import REPO, needs_ptrace, tracer_of, wait_traced
+from conftest import needs_ptrace, start_tool, tracer_of, wait_traced
 
 pytestmark = needs_ptrace
-
-
-def tool(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "ekiden_trace", *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 @pytest.mark.parametrize("signo", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
@@ -32,7 +20,7 @@ def test_signal_while_waiting_for_a_point_releases_the_target(signo: int) -> Non
         assert client.send("one") == "v1 #1 echo: one"
         before = code_bytes(server.pid)
         # con_loop is never reached while the client stays: the tool waits, armed.
-        running = tool(
+        running = start_tool(
             "attach",
             str(server.pid),
             "--new",
@@ -57,7 +45,7 @@ def test_signal_during_the_restore_rolls_back() -> None:
     with start_server(fixture_binary("kvstore", "v1")) as server, KvClient(server.port) as client:
         client.set("kept", "yes")
         # This v2 never reaches an update point after the exec: the tool sits in the restore.
-        running = tool(
+        running = start_tool(
             "attach",
             str(server.pid),
             "--new",

@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from clients import LineClient, fixture_binary, start_server
-from conftest import REPO, compile_marked, needs_ptrace, run_tool, tracer_of
+from conftest import compile_marked, needs_ptrace, run_tool, start_tool, tracer_of
 
 pytestmark = needs_ptrace
 
@@ -134,14 +133,7 @@ def test_a_child_exiting_during_the_update_is_reaped(
     with start_server(v1) as server, LineClient(server.port) as client:
         child = int(client.command("SPAWN 60000").split()[-1])
         assert client.command("COUNT") == "v1 children=1 reaped=0"
-        tool = subprocess.Popen(
-            [sys.executable, "-m", "ekiden_trace", "attach", str(server.pid), "--new", str(v2)],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        tool = start_tool("attach", str(server.pid), "--new", str(v2), env=env)
         assert tool.stderr is not None
         assert tool.stderr.readline().startswith(f"ekiden-trace: slowed at {slow_at}")
         os.kill(child, signal.SIGKILL)  # exits in the middle of the update

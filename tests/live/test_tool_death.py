@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 from clients import CounterClient, KvClient, code_bytes, fixture_binary, start_server
-from conftest import REPO, needs_ptrace, process_state, tool_json, tracer_of, wait_traced
+from conftest import (
+    needs_ptrace,
+    process_state,
+    start_tool,
+    tool_json,
+    tracer_of,
+    wait_traced,
+)
 
 pytestmark = needs_ptrace
 
@@ -26,21 +31,8 @@ def test_target_survives_tool_killed_while_waiting(delay: float, after_attach: b
         before = code_bytes(server.pid)
         # The client keeps main in handle_client, so con_loop is never reached and the
         # tool waits with the marks armed, stopping the process at every cl_loop.
-        tool = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ekiden_trace",
-                "inspect",
-                "--point",
-                "con_loop",
-                "--timeout",
-                "30",
-                str(server.pid),
-            ],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        tool = start_tool(
+            "inspect", "--point", "con_loop", "--timeout", "30", str(server.pid), quiet=True
         )
         if after_attach:
             wait_traced(server.pid, tool.pid)
@@ -66,12 +58,7 @@ def test_target_survives_tool_killed_during_capture(delay: float) -> None:
     with start_server(fixture_binary("kvstore", "v1")) as server, KvClient(server.port) as client:
         client.pipeline([f"SET key{i} {'v' * 50}{i}" for i in range(20_000)])
         before = code_bytes(server.pid)
-        tool = subprocess.Popen(
-            [sys.executable, "-m", "ekiden_trace", "inspect", str(server.pid)],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        tool = start_tool("inspect", str(server.pid), quiet=True)
         wait_traced(server.pid, tool.pid)
         time.sleep(delay)
         tool.send_signal(signal.SIGKILL)
