@@ -9,7 +9,10 @@ kept exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ekiden_trace.state.columns import HeapColumns
 
 
 class _Compact:
@@ -190,3 +193,4 @@ class Snapshot(_Compact):
     variables: list[CapturedVariable]
     objects: dict[int, HeapObject]
     bytes_read: int = 0
+    heap: HeapColumns | None = None  # the heap as the compiled core captured it (columns.py)
