@@ -16,10 +16,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "ekiden_trace"
 SHARED = {"errors", "faults"}  # leaf modules every layer may use
 LAYERS = {  # package -> the packages it may import (besides itself and SHARED)
     "binary": set(),
+    "native": {"binary"},
     "plan": {"binary"},
-    "target": {"binary"},
-    "state": {"binary", "plan", "target"},
-    "ops": {"binary", "plan", "target", "state"},
+    "target": {"binary", "native"},
+    "state": {"binary", "native", "plan", "target"},
+    "ops": {"binary", "native", "plan", "target", "state"},
 }
 
 

@@ -23,6 +23,7 @@ from ekiden_trace.binary.files import file_identity, held_descriptor
 from ekiden_trace.binary.program import Program
 from ekiden_trace.errors import BinaryError, EkidenError, describe_failure
 from ekiden_trace.faults import kill_point
+from ekiden_trace.native.build import core
 from ekiden_trace.ops.guardian import Guardian
 from ekiden_trace.ops.inspect import capture_stopped
 from ekiden_trace.ops.lock import locked
@@ -193,10 +194,12 @@ def prepare(pid: int, options: UpdateOptions) -> Prepared:
 
 def _warm(*programs: Program) -> None:
     """Compute now what the pause would otherwise compute on first use: each version's
-    symbol table and its file decoded for the `syscall` of its marks (and so its image)."""
+    symbol table, its file decoded for the `syscall` of its marks (and so its image), and
+    the compiled core."""
     for program in programs:
         _ = program.symbols
         find_mark_gadget(program)
+    core()  # built once into the cache, loaded here rather than mid-restore
 
 
 @contextlib.contextmanager

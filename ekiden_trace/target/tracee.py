@@ -14,11 +14,12 @@ import os
 import signal
 import time
 from array import array
-from collections.abc import Container, Iterator, Sequence
+from collections.abc import Collection, Container, Iterator, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
 
 from ekiden_trace.errors import TargetError, TargetExited, WaitTimeout
+from ekiden_trace.native import syscalls as native
 from ekiden_trace.target import procfs
 from ekiden_trace.target import ptrace as pt
 from ekiden_trace.target.procfs import Mapping
@@ -398,7 +399,7 @@ class Tracee:
             return self._stopped_at(self._wait_status(deadline))
 
     def run_syscalls(
-        self, watched: Container[int], deadline: float, signo: int = 0, *, cont: bool = False
+        self, watched: Collection[int], deadline: float, signo: int = 0, *, cont: bool = False
     ) -> Stop:
         """Resume under PTRACE_SYSCALL (delivering `signo`) and step over system-call stops
         until any other stop, or the entry of a system call numbered in `watched`, which is
@@ -407,11 +408,17 @@ class Tracee:
         system-call stop until the next other stop.
 
         Made for a program's start-up, a run of system calls: SIGCHLD stays blocked
-        throughout, and a system-call stop costs one waitpid and one PEEKUSER.
+        throughout, and the stops nobody watches are stepped over in the compiled core
+        when it is there (native/syscalls.c), else here.
         """
         if not self.alive:
             raise TargetExited(f"process {self.pid} has already exited.")
         with _sigchld_blocked():
+            started = time.monotonic()
+            self._resumed()  # from here it may run (and an interrupting signal find it so)
+            stepped = native.run_syscalls(self.pid, watched, cont, signo, deadline)
+            if stepped is not None:
+                return self._native_stop(stepped, time.monotonic() - started)
             resume = self.cont if cont else self.syscall
             while True:
                 resume(signo)
@@ -422,6 +429,22 @@ class Tracee:
                 self.stopped = True
                 if self._entering(watched):
                     return decode_status(status)
+
+    def _native_stop(self, status: int, waited: float) -> Stop:
+        """The Stop for what native.run_syscalls returned: a wait status, or one of its
+        failures after `waited` seconds."""
+        if status == native.TIMEOUT:
+            raise WaitTimeout(f"process {self.pid} did not stop within {waited:.3g} s.")
+        if status == native.GONE:
+            self._gone()
+            raise TargetExited(f"process {self.pid} is no longer traced by ekiden-trace.")
+        if status == native.ERROR:
+            reason = os.strerror(ctypes.get_errno())
+            raise TargetError(f"resuming process {self.pid} failed: {reason}.")
+        if status == _SYSCALL_STOP_STATUS:
+            self.stopped = True
+            return decode_status(status)
+        return self._stopped_at(status)
 
     def _entering(self, watched: Container[int]) -> bool:
         """At a system-call stop: whether it is the entry of a call in `watched`."""

@@ -72,7 +72,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
         failure = _compile(compiler, sources, target)
         if failure is not None:
             return None, failure
-    return ctypes.CDLL(str(target)), None
+    return ctypes.CDLL(str(target), use_errno=True), None
 
 
 def _compile(compiler: str, sources: list[Path], target: Path) -> str | None:
