@@ -34,6 +34,7 @@ PAIRS = [
     ("retry", "v1", "v2", None, ()),
     ("shrink", "v1", "v2", "xform_v1_v2.py", ()),
     ("behind", "v1", "v2", "xform_v1_v2.py", ()),
+    ("units", "v1", "v2", None, ()),
 ]
 
 

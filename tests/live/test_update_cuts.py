@@ -25,6 +25,7 @@ CUTS = [
     "chars 8..15 of struct stats.name",
 ]
 BEHIND = ["struct blob.debug", "struct note.weight"]
+SLOTS = 'elements 4..7 of struct stats.slots (int [8] -> int [4]): drop("struct stats", "slots")'
 
 
 def xform(fixture: str) -> str:
@@ -51,10 +52,7 @@ def test_diff_shows_the_cut_and_the_line_that_acknowledges_it() -> None:
     result = run_tool(
         "diff", str(fixture_binary("shrink", "v1")), str(fixture_binary("shrink", "v2"))
     )
-    assert (
-        'elements 4..7 of struct stats.slots (int [8] -> int [4]): drop("struct stats", "slots")'
-        in result.stdout
-    )
+    assert SLOTS in result.stdout
     assert 'elements 4..7 of recent (int [8] -> int [4]): drop("recent")' in result.stdout
 
 
@@ -66,10 +64,7 @@ def test_attach_refuses_a_shrunk_array_and_v1_keeps_its_state() -> None:
         assert "Traceback" not in result.stderr
         assert result.returncode == 9, result.stderr + result.stdout
         assert "the update would drop old state" in result.stderr
-        assert (
-            'elements 4..7 of struct stats.slots (int [8] -> int [4]): drop("struct stats", "slots")'
-            in result.stderr
-        )
+        assert SLOTS in result.stderr
         assert client.command("SHOW") == (
             "v1 served=2 name=none slots=0,7,0,0,0,0,0,0 recent=0,7,0,0,0,0,0,0"
         )
