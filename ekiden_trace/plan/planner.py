@@ -326,7 +326,7 @@ class TypeMatcher:
 
     def cut(self, old_tid: int, new_tid: int) -> str:
         """What v2's shorter fixed array throws away of v1's: 'elements 4..7', 'chars
-        8..15', 'elements [0..3][2..3]' for an inner dimension ('' when nothing)."""
+        8..15', 'elements [0..3][2..7]' for an inner dimension ('' when nothing)."""
         old, new = self.old.underlying(old_tid), self.new.underlying(new_tid)
         kept = ""
         while old.kind == new.kind == "array" and old.count and new.count:
