@@ -42,6 +42,15 @@ fixtures: system-packages $(FIXTURES)
 fixtures/%: fixtures/%.c probes/ekiden.h fixtures/lines.h
 	$(CC) $(FIXTURE_CFLAGS) $< -o $@
 
+# fixtures/units links two units both called util.c (a/ and b/), each compiled in its own
+# folder as a recursive make does: DWARF and the ELF's FILE symbols call both "util.c".
+UNITS := fixtures/units/a/util.c fixtures/units/b/util.c
+fixtures/units/v%: fixtures/units/v%.c $(UNITS) probes/ekiden.h fixtures/lines.h
+	tmp=$$(mktemp -d) && for unit in a b; do \
+		(cd fixtures/units/$$unit && $(CC) $(FIXTURE_CFLAGS:probes=$(CURDIR)/probes) -c util.c \
+			-o $$tmp/$$unit.o) || { rm -rf $$tmp; exit 1; }; done; \
+	$(CC) $(FIXTURE_CFLAGS) $< $$tmp/a.o $$tmp/b.o -o $@; status=$$?; rm -rf $$tmp; exit $$status
+
 # The same fixture with every mark compiled out, for the benchmarks' overhead ratios.
 fixtures/%-unmarked: fixtures/%.c probes/ekiden.h
 	$(CC) $(FIXTURE_CFLAGS) -DEKIDEN_DISABLE $< -o $@
@@ -75,6 +84,8 @@ lint: setup lint-fixtures
 
 lint-fixtures: system-packages
 	@for cc in gcc clang; do for src in $(FIXTURE_SOURCES); do \
+		$$cc $(STRICT_CFLAGS) -c $$src -o /dev/null || exit 1; done; done
+	@for cc in gcc clang; do for src in $(UNITS); do \
 		$$cc $(STRICT_CFLAGS) -c $$src -o /dev/null || exit 1; done; done
 	@echo "fixtures: no warnings from gcc or clang with -Werror -D_FORTIFY_SOURCE=3"
 

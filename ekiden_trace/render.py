@@ -349,6 +349,7 @@ def plan_json(plan: UpdatePlan) -> dict[str, Any]:
                 "acknowledged": d.acknowledged,
                 "acknowledged_by": d.acknowledged_by or None,
                 "likely_renamed_to": d.renamed_to,
+                "cut": d.cut or None,
             }
             for d in plan.drops
         ],

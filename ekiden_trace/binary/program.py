@@ -7,6 +7,7 @@ Everything here is computed before any process is touched, and its slow part
 from __future__ import annotations
 
 import bisect
+import os
 from collections import Counter
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -136,9 +137,35 @@ class Program:
     def symbols(self) -> SymbolTable:
         """Its symbols, from its debug file's full table when the binary is stripped."""
         if self.elf.has_symtab or self.debug_path == str(self.path):
-            return SymbolTable(self.elf.symbols())
+            return SymbolTable(self._in_units(self.elf.symbols()))
         with ElfBinary(self.debug_path) as debug:
-            return SymbolTable(debug.symbols())
+            return SymbolTable(self._in_units(debug.symbols()))
+
+    def _in_units(self, symbols: list[Symbol]) -> list[Symbol]:
+        """The symbols, each local one of a unit whose basename other units share named by
+        its unit as the DWARF names it (`a/util.c`), found by its address: the ELF's FILE
+        symbols say `util.c` for both `a/util.c` and `b/util.c`."""
+        index = self.index
+        bases = Counter(os.path.basename(cu) for cu in index.cus)
+        shared = {base for base, count in bases.items() if count > 1}
+        if not shared:
+            return symbols
+        statics = {
+            var.location["addr"]: var.cu
+            for var in index.globals()
+            if var.scope != "global" and var.location["kind"] == "addr"
+        }
+
+        def unit_of(sym: Symbol) -> str | None:
+            if sym.kind == "function":
+                function = index.function_at(sym.addr)
+                return function.cu if function is not None else None
+            return statics.get(sym.addr)
+
+        return [
+            replace(sym, unit=unit_of(sym) or sym.unit) if sym.local and sym.unit in shared else sym
+            for sym in symbols
+        ]
 
     @cached_property
     def points(self) -> list[UpdatePoint]:

@@ -7,19 +7,21 @@ prints it and `attach` refuses to start when it has blocking problems.
 from __future__ import annotations
 
 from collections.abc import Generator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
 from ekiden_trace.binary.dwarf.cache import load_or_build, store
 from ekiden_trace.binary.dwarf.types import Member, TypeInfo, c_name, get, strip
+from ekiden_trace.binary.hints import PointerHint
 from ekiden_trace.binary.layouts import holds_pointer
 from ekiden_trace.binary.program import Program, TaggedVariable
 from ekiden_trace.plan.transformers import TransformerError, Transformers
 
 INT_ENCODINGS = ("signed", "unsigned", "signed_char", "unsigned_char", "bool")
-PLAN_FORMAT = 4
+CHAR_ENCODINGS = ("signed_char", "unsigned_char")
+PLAN_FORMAT = 5
 """Version of the cached plan layout (see plan_update)."""
 
 
@@ -39,13 +41,15 @@ class VariablePlan:
 @dataclass(frozen=True)
 class Drop:
     """State of v1 that the update throws away: a tagged variable v2 lacks (type_name
-    None, name its key) or a field v2's struct lacks."""
+    None, name its key) or a field v2's struct lacks, or the tail of such a variable or
+    field whose fixed array v2 shortens (cut says which elements)."""
 
     type_name: str | None
     name: str
-    c_type: str
+    c_type: str  # v1's type; 'v1 type -> v2 type' for a cut
     acknowledged_by: str  # drop, or the transformer that replaces it; '' when nothing
     renamed_to: str | None = None  # v2's field or variable of the same type in its place
+    cut: str = ""  # 'elements 4..7', 'chars 8..15': what a shortened array loses
 
     @property
     def acknowledged(self) -> bool:
@@ -53,7 +57,8 @@ class Drop:
 
     @property
     def what(self) -> str:
-        return f"{self.type_name}.{self.name}" if self.type_name else self.name
+        where = f"{self.type_name}.{self.name}" if self.type_name else self.name
+        return f"{self.cut} of {where}" if self.cut else where
 
     def call(self, function: str = "drop") -> str:
         """The transformer-file line that acknowledges it (or renames it)."""
@@ -62,19 +67,28 @@ class Drop:
         return f"{function}({', '.join(repr(a).replace(chr(39), chr(34)) for a in args)})"
 
     def to_json(self) -> list[Any]:
-        return [self.type_name, self.name, self.c_type, self.acknowledged_by, self.renamed_to]
+        return list(astuple(self))
+
+
+def _state(drop: Drop) -> str:
+    """Whether a drop is acknowledged, and how: for the notes on a type."""
+    if drop.acknowledged_by == "drop":
+        return "acknowledged"
+    if drop.acknowledged:
+        return f"replaced by {drop.acknowledged_by}"
+    if drop.renamed_to:
+        return f"likely renamed to {drop.renamed_to}"
+    return "not acknowledged"
 
 
 def describe_drop(drop: Drop) -> str:
     """A drop for people: what, and what acknowledges it."""
-    if drop.acknowledged_by == "drop":
-        return f"{drop.what} ({drop.c_type}), acknowledged"
+    what = f"{drop.what} ({drop.c_type})"
     if drop.acknowledged:
-        return f"{drop.what} ({drop.c_type}), replaced by {drop.acknowledged_by}"
+        return f"{what}, {_state(drop)}"
     if drop.renamed_to:
-        rename = drop.call("rename")
-        return f"{drop.what} ({drop.c_type}), likely renamed to {drop.renamed_to}: {rename}"
-    return f"{drop.what} ({drop.c_type}): {drop.call()}"
+        return f"{what}, {_state(drop)}: {drop.call('rename')}"
+    return f"{what}: {drop.call()}"
 
 
 @dataclass
@@ -141,6 +155,8 @@ class TypeMatcher:
         self.new = _Types(new.index.types)
         self.transformers = transformers
         self.old_unions = old.hints.unions
+        self.old_hints = old.hints.fields
+        self.by_name = (old.index.type_by_name, new.index.type_by_name)
         self.notes: dict[str, list[str]] = {}
         self.drops: dict[tuple[str, str], Drop] = {}
         self._memo: dict[tuple[int, int], list[str]] = {}
@@ -268,19 +284,22 @@ class TypeMatcher:
             if unexplained and old.kind == "struct":
                 found.append(f".{name}: {unexplained}")
                 continue
-            if name in renamed:
-                target = new_fields[renamed[name]]
-                found += yield (member.type, target.type, f".{name}")
-                self._note(type_name, f"field {name} renamed to {renamed[name]}")
-                continue
-            if name not in new_fields:
+            if name not in new_fields and name not in renamed:
                 removed.append(member)
                 continue
-            if self.transformers.for_field(type_name, name) is not None:
+            if name not in renamed and self.transformers.for_field(type_name, name) is not None:
                 self._note(type_name, f"field {name} set by a transformer")
                 continue
-            found += yield (member.type, new_fields[name].type, f".{name}")
-            self._note_field_type(type_name, name, member.type, new_fields[name].type)
+            target = new_fields[renamed.get(name, name)]
+            found += yield (member.type, target.type, f".{name}")
+            hinted = self.hinted(self.old_hints.get((type_name, name)))
+            if hinted is not None:
+                found += yield (*hinted, f".{name}*")
+            cut = self._cut_field(type_name, name, member.type, target.type)
+            if name in renamed:
+                self._note(type_name, f"field {name} renamed to {renamed[name]}")
+            elif not cut:
+                self._note_field_type(type_name, name, member.type, target.type)
         added = [
             m
             for m in new.members
@@ -296,6 +315,40 @@ class TypeMatcher:
         if old.kind == "union" and old.size != new.size:
             self._note(type_name, f"union size {old.size} -> {new.size} bytes")
         return found
+
+    def hinted(self, hint: PointerHint | None) -> tuple[int, int] | None:
+        """The v1 type a pointer with a points-to hint reaches, and v2's type of that name,
+        which the objects it reaches become (None: no such hint, or v2 has no such type)."""
+        if hint is None or hint.kind != "points_to" or hint.target is None:
+            return None
+        old_tid, new_tid = (by_name(hint.target) for by_name in self.by_name)
+        return None if old_tid is None or new_tid is None else (old_tid, new_tid)
+
+    def cut(self, old_tid: int, new_tid: int) -> str:
+        """What v2's shorter fixed array throws away of v1's: 'elements 4..7', 'chars
+        8..15', 'elements [0..3][2..7]' for an inner dimension ('' when nothing)."""
+        old, new = self.old.underlying(old_tid), self.new.underlying(new_tid)
+        kept = ""
+        while old.kind == new.kind == "array" and old.count and new.count:
+            element = self.old.underlying(old.target)
+            if new.count < old.count:
+                unit = "chars" if element.encoding in CHAR_ENCODINGS else "elements"
+                lost = f"{new.count}..{old.count - 1}"
+                return f"{unit} {kept}[{lost}]" if kept else f"{unit} {lost}"
+            kept += f"[0..{old.count - 1}]"
+            old, new = element, self.new.underlying(new.target)
+        return ""
+
+    def _cut_field(self, type_name: str, name: str, old_tid: int, new_tid: int) -> bool:
+        """Record the tail of an array field that v2 shortens; whether there is one."""
+        cut = self.cut(old_tid, new_tid)
+        if cut:
+            acknowledged = self.transformers.acknowledges(type_name, name)
+            c_type = f"{self.old.name(old_tid)} -> {self.new.name(new_tid)}"
+            drop = Drop(type_name, name, c_type, acknowledged, cut=cut)
+            self.drops[(type_name, name)] = drop
+            self._note(type_name, f"field {name}: {c_type}, {cut} dropped ({_state(drop)})")
+        return bool(cut)
 
     def unexplained_union(self, tid: int, type_name: str | None, name: str) -> str | None:
         """Why a union value of `tid` (field `name` of struct `type_name`, or a variable
@@ -351,17 +404,9 @@ class TypeMatcher:
             None,
         )
         acknowledged = self.transformers.acknowledges(type_name, name)
-        self.drops[(type_name, name)] = Drop(type_name, name, c_type, acknowledged, renamed_to)
-        how = (
-            "acknowledged"
-            if acknowledged == "drop"
-            else f"replaced by {acknowledged}"
-            if acknowledged
-            else f"likely renamed to {renamed_to}"
-            if renamed_to
-            else "not acknowledged"
-        )
-        self._note(type_name, f"field {name} removed (dropped, {how})")
+        drop = Drop(type_name, name, c_type, acknowledged, renamed_to)
+        self.drops[(type_name, name)] = drop
+        self._note(type_name, f"field {name} removed (dropped, {_state(drop)})")
 
 
 def _symbol_problems(old: Program, new: Program) -> list[str]:
@@ -574,6 +619,14 @@ def _compute_plan(old: Program, new: Program, transformers: Transformers) -> Upd
             continue
         plan = VariablePlan(key, tag.name, tag, target, "transfer")
         plan.problems = matcher.problems(tag.variable.type, target.variable.type, tag.name)
+        hinted = matcher.hinted(old.hints.variables.get(tag.name))
+        if hinted is not None:
+            plan.problems += matcher.problems(*hinted, f"{tag.name}*")
+        cut = matcher.cut(tag.variable.type, target.variable.type)
+        if cut:
+            c_type = f"{tag.c_type} -> {target.c_type}"
+            drops.append(Drop(None, tag.key, c_type, _acknowledged(tag, transformers), cut=cut))
+            plan.notes.append(f"{cut} dropped")
         unexplained = matcher.unexplained_union(tag.variable.type, None, tag.name)
         if unexplained:
             plan.problems.append(f"{tag.name}: {unexplained}")
@@ -609,5 +662,9 @@ def _drop_variable(
         ),
         None,
     )
-    acknowledged = transformers.acknowledges(tag.key) or transformers.acknowledges(tag.name)
-    return Drop(None, tag.key, tag.c_type, acknowledged, renamed_to)
+    return Drop(None, tag.key, tag.c_type, _acknowledged(tag, transformers), renamed_to)
+
+
+def _acknowledged(tag: TaggedVariable, transformers: Transformers) -> str:
+    """What in the transformer file lets state of a tagged variable be dropped ('': nothing)."""
+    return transformers.acknowledges(tag.key) or transformers.acknowledges(tag.name)

@@ -32,6 +32,9 @@ PAIRS = [
     ("rename", "v1", "v2", "xform_v1_v2.py", ()),
     ("hints", "v1", "v2", None, ()),
     ("retry", "v1", "v2", None, ()),
+    ("shrink", "v1", "v2", "xform_v1_v2.py", ()),
+    ("behind", "v1", "v2", "xform_v1_v2.py", ()),
+    ("units", "v1", "v2", None, ()),
 ]
 
 

@@ -137,9 +137,9 @@ def test_union_member_naming_nothing_is_an_error(tmp_path: Path) -> None:
 
 
 @needs_ptrace
-def test_union_behind_a_void_pointer_is_refused_after_the_capture(tmp_path: Path) -> None:
-    """The plan cannot see through a `void *` (here one hinted to a struct job on the
-    heap); the captured union is checked before the exec all the same, and v1 runs on."""
+def test_union_behind_a_hinted_void_pointer_is_refused_by_the_plan(tmp_path: Path) -> None:
+    """The plan follows a `void *` hinted to a struct job on the heap: `diff` reports the
+    union in it with its path, and `attach` refuses it before touching v1, which runs on."""
     behind = (
         SOURCE.replace("HINT", "")
         .replace(
@@ -160,14 +160,16 @@ def test_union_behind_a_void_pointer_is_refused_after_the_capture(tmp_path: Path
     source = tmp_path / "behind.c"
     source.write_text(behind)
     v1 = compile_marked(source, tmp_path / "behind-v1", "-g", "-O2", "-DVERSION=1")
-    assert run_tool("diff", str(v1), str(v1)).returncode == 0  # the plan sees no union
+    planned = run_tool("diff", str(v1), str(v1))
+    assert planned.returncode == 10, planned.stderr + planned.stdout
+    assert "holder.p*.u: union {...} holds a pointer (fn, data)" in planned.stdout
     proc = subprocess.Popen([str(v1)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert ask(proc) == "v1 runs=1"
         result = run_tool("attach", str(proc.pid), "--new", str(v1))
         assert result.returncode == 10, result.stderr
         assert "Traceback" not in result.stderr
-        assert "holder.p->#1.u is a union {...} holding a pointer" in result.stderr
+        assert "holder.p*.u: union {...} holds a pointer (fn, data)" in result.stderr
         assert ask(proc) == "v1 runs=2"
     finally:
         proc.kill()

@@ -16,7 +16,7 @@ import pytest
 import ekiden_trace.binary.dwarf.index as index_module
 from ekiden_trace.binary.dwarf.build import build_index
 from ekiden_trace.binary.dwarf.cache import CacheError, cache_dir, file_key, load_or_build
-from ekiden_trace.binary.dwarf.index import FORMAT, DebugIndex
+from ekiden_trace.binary.dwarf.index import FORMAT, DebugIndex, unit_names
 from ekiden_trace.binary.dwarf.model import Variable
 from ekiden_trace.binary.dwarf.sections import (
     MAX_ADDR,
@@ -688,3 +688,18 @@ def test_list_decoders_apply_base_addresses() -> None:
         + u64(0) * 2
     )  # fmt: skip
     assert read_loc_v4(loc_v4, 0, 0x1000) == [[0x1010, 0x1020, "9110"], [0x4010, 0x4020, "9110"]]
+
+
+def test_units_that_share_a_basename_are_named_by_their_folders() -> None:
+    # b/util.c and c/util.c, each compiled in its own folder (DW_AT_name util.c), or
+    # both from /src (DW_AT_name a/util.c): named by the path below the folder they
+    # share; a unit whose basename is its own keeps its name as compiled
+    assert unit_names(["util.c", "util.c", "main.c"], ["/src/b", "/src/c/d", "/src"]) == [
+        "b/util.c",
+        "c/d/util.c",
+        "main.c",
+    ]
+    assert unit_names(["a/util.c", "b/util.c"], ["/src", "/src"]) == ["a/util.c", "b/util.c"]
+    assert unit_names(["/abs/x.c"], [None]) == ["/abs/x.c"]
+    # with no comp_dir to place them by, DW_AT_name is all there is
+    assert unit_names(["util.c", "util.c"], [None, None]) == ["util.c", "util.c"]

@@ -274,3 +274,46 @@ def test_kvstore_snapshot_helper_matches_v1s_types() -> None:
             members = [m.name for m in types[obj.type_id].members]
             assert list(obj.value.fields) == members
     assert [v.key for v in snapshot.variables] == [t.key for t in kvstore("v1").tags]
+
+
+# -- shortened arrays, on a pair built here -------------------------------------
+
+ARRAYS = """
+    #include "ekiden.h"
+    struct s {{ int {ring}[{n}]; int kept[{n}]; int grown[{grown}]; }};
+    struct s s;
+    int grid[4][{n}];
+    int main(void) {{
+        (void)EKIDEN_TAG(s);
+        (void)EKIDEN_TAG(grid);
+        for (;;) {{ EKIDEN_UPDATE_POINT(top); }}
+    }}
+"""
+
+
+def test_shortened_arrays_are_drops_wherever_they_stand(tmp_path: Path) -> None:
+    """An inner dimension, a renamed field and a field a transformer sets: only what is
+    converted automatically and shorter loses a tail; a grown array loses nothing."""
+    built = []
+    for name, ring, n, grown in (("old", "ring", 8, 2), ("new", "slots", 2, 4)):
+        source = tmp_path / f"{name}.c"
+        source.write_text(textwrap.dedent(ARRAYS.format(ring=ring, n=n, grown=grown)))
+        built.append(Program(compile_marked(source, tmp_path / name, "-g", "-O2")))
+    transformers = xform_file(
+        tmp_path,
+        """\
+        from ekiden_trace.xform import rename
+
+        rename("struct s", "ring", "slots")
+
+        @field("struct s", "kept")
+        def kept(old, ctx):
+            return [old.kept[6], old.kept[7]]
+        """,
+    )
+    update = plan_update(*built, transformers)
+    assert sorted(d.what for d in update.drops) == [
+        "elements 2..7 of struct s.ring",
+        "elements [0..3][2..7] of grid",
+    ]
+    assert all(not d.acknowledged for d in update.drops)

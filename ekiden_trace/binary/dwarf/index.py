@@ -57,14 +57,35 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def unit_names(cus: list[str], comp_dirs: list[str | None]) -> list[str]:
+    """The name of each compilation unit in keys and messages: its DW_AT_name (the source
+    path as compiled), unless another unit has the same basename (`a/util.c` and
+    `b/util.c`, each compiled in its own folder, are both `util.c`); then its path, the
+    unit's comp_dir joined, relative to the folder all units of that basename share."""
+    names = list(cus)
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(cus):
+        groups.setdefault(os.path.basename(name), []).append(i)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        paths = [os.path.normpath(os.path.join(comp_dirs[i] or "", cus[i])) for i in members]
+        if not all(os.path.isabs(path) for path in paths):
+            continue  # no comp_dir to place them by: DW_AT_name is all there is
+        common = os.path.commonpath([os.path.dirname(path) for path in paths])
+        for i, path in zip(members, paths, strict=True):
+            names[i] = os.path.relpath(path, common)
+    return names
+
+
 class DebugIndex:
     """Types, variables, functions, scopes and lines of one ELF binary.
 
     Attributes: ``path``, ``build_id`` (GNU build-id in hex, or the sha256
     of the file when it has none), ``has_debug_info`` (False for a binary
     without .debug_info: every query then finds nothing), ``cus`` (each
-    compilation unit's DW_AT_name), ``types``, ``functions``, ``scopes``,
-    ``variables``.
+    compilation unit's DW_AT_name), ``units`` (each unit's name in keys, see
+    unit_names), ``types``, ``functions``, ``scopes``, ``variables``.
     """
 
     def __init__(self, path: str, build_id: str, data: dict[str, Any]) -> None:
@@ -73,13 +94,14 @@ class DebugIndex:
         self.has_debug_info = bool(data.get("has_debug_info"))
         self.cus: list[str] = list(data.get("cus", []))
         self.comp_dirs: list[str | None] = list(data.get("comp_dirs", []))
+        self.units = unit_names(self.cus, self.comp_dirs)
         self.types: dict[int, TypeInfo] = {VOID_ID: VOID}
         for row in data.get("types", []):
             self.types[row[0]] = TypeInfo.from_json(row)
         self._type_names: dict[str, int] = data.get("type_names", {})
 
         rows = data.get("functions", [])
-        self.functions = [Function.from_json(r, self.cus) for r in rows]
+        self.functions = [Function.from_json(r, self.units) for r in rows]
         self._function_cu: list[int] = [r[1] for r in rows]
         self.scopes = [Scope.from_json(r) for r in data.get("scopes", [])]
         self._roots: list[int] = [0] * len(self.functions)
@@ -93,7 +115,7 @@ class DebugIndex:
         self._fn_hi = [s[1] for s in spans]
         self._fn_index = [s[2] for s in spans]
 
-        self.variables = LazyVariables(data.get("variables", []), self.cus)
+        self.variables = LazyVariables(data.get("variables", []), self.units)
         self._by_name: dict[str, list[int]] = {}
         for i, row in enumerate(self.variables.rows):
             self._by_name.setdefault(row[0], []).append(i)

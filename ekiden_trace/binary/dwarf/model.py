@@ -33,7 +33,8 @@ class Variable:
     ``function`` is the function a local, parameter or function static
     belongs to; when that function was inlined, ``inlined_into`` names the
     out-of-line function its code was inlined into.  ``cu`` is the
-    compilation unit's DW_AT_name (the source path as given to the compiler).
+    compilation unit's name (index.unit_names: the source path as given to the
+    compiler, unless another unit has the same basename).
     """
 
     name: str
