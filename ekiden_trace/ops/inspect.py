@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ekiden_trace.binary.files import file_identity
@@ -21,7 +23,7 @@ from ekiden_trace.target import procfs
 from ekiden_trace.target.address_space import LiveProcess
 from ekiden_trace.target.disasm import instructions_around
 from ekiden_trace.target.tracee import Tracee
-from ekiden_trace.target.unwind import Frame
+from ekiden_trace.target.unwind import Frame, Frames
 
 
 @dataclass(frozen=True)
@@ -68,17 +70,26 @@ def _code_around(live: LiveProcess, pc: int) -> list[str]:
 
 def capture_stopped(live: LiveProcess, tracee: Tracee, point: str | None, now: bool) -> Snapshot:
     """Capture the tagged state of a tracee stopped at `point` (or anywhere, with now)."""
+    stop, frames = stop_of(live, tracee, point, now)
+    return Capturer(live).capture(stop, frames)
+
+
+def stop_of(
+    live: LiveProcess, tracee: Tracee, point: str | None, now: bool
+) -> tuple[StopLocation, Frames]:
+    """Where a stopped tracee stands, bound to `live`: what a capture starts from."""
     live.stopped(tracee)
     frames = live.frames()
     stop = _stop_location(live, frames, point)
     if now and frames:
         stop.code = _code_around(live, frames[0].pc)
-    return Capturer(live).capture(stop, frames)
+    return stop, frames
 
 
-@locked
-def inspect(pid: int, options: InspectOptions) -> Snapshot:
-    """Capture the tagged state of process `pid`; it keeps running, untouched, afterwards."""
+@contextlib.contextmanager
+def stopped(pid: int, options: InspectOptions) -> Iterator[tuple[LiveProcess, Tracee, str | None]]:
+    """Process `pid` stopped at an update point (anywhere, with --now) for as long as the
+    block runs: (its LiveProcess, the tracee, the point); left as it was afterwards."""
     program = program_of(pid)
     check_not_mid_update(pid, program)
     running = file_identity(procfs.exe_path(pid))
@@ -101,6 +112,13 @@ def inspect(pid: int, options: InspectOptions) -> Snapshot:
             point = wait_for_point(
                 tracee, control, signo, options.point, options.timeout, live
             ).what
-        return capture_stopped(live, tracee, point, options.now)
+        yield live, tracee, point
     finally:
         leave(tracee, control)
+
+
+@locked
+def inspect(pid: int, options: InspectOptions) -> Snapshot:
+    """Capture the tagged state of process `pid`; it keeps running, untouched, afterwards."""
+    with stopped(pid, options) as (live, tracee, point):
+        return capture_stopped(live, tracee, point, options.now)
