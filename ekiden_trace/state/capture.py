@@ -174,6 +174,16 @@ class Capturer:
                 roots.append((item.pointer.addr, *root))
                 pointers.append(item.pointer)
         self._queue.clear()
+        # Larger objects first, strings last: a root into an object another root spans
+        # then lands inside it, as the reference's take-in makes it whatever the order.
+        order = sorted(
+            range(len(roots)),
+            key=lambda i: (
+                -compiler.recipes.sizes[roots[i][1]] * roots[i][2] if roots[i][1] >= 0 else 1
+            ),
+        )
+        roots = [roots[i] for i in order]
+        pointers = [pointers[i] for i in order]
         live = self.live
         heap = [(m.start, m.end) for m in live.maps if live.region(m.start) == "heap"]
         limits = (MAX_OBJECTS, max(MAX_BYTES - self.bytes_read, 0), MAX_STRING)
