@@ -21,7 +21,8 @@ Invariants the producer guarantees:
   (functions, globals, string literals, the stack, unmapped memory), what the
   capture learnt about that address while v1 still ran: see AddressFact.  Pointers
   that are not followed by their type or hint (function pointers, opaque hints) have
-  no slot row wherever they point; their facts say what they point to.
+  no slot row wherever they point; their facts say what they point to (opaque
+  pointers into the heap have none: they are carried as numbers).
 * `heap` holds the address ranges that were the heap (what `region()` called 'heap'),
   and `globals` the integer variables that hint lengths read, as they were: with the
   facts, they let a Decoder decode any captured bytes without the process (lazy.py).

@@ -22,14 +22,14 @@
 #define PAGE 4096u
 #define GRANULE_SHIFT 4
 
-enum { EK_FOLLOW = 0, EK_STRING = 1, EK_NOFOLLOW = 2, EK_UNTYPED = 3 };
+enum { EK_FOLLOW = 0, EK_STRING = 1, EK_NOFOLLOW = 2, EK_UNTYPED = 3, EK_OPAQUE = 4 };
 enum { EK_LEN_ONE = 0, EK_LEN_CONST = 1, EK_LEN_FIELD = 2 };
 enum { EK_OK = 0, EK_DECLINED = 1, EK_LIMIT = 2, EK_NOMEM = 3 };
 
 /* One pointer slot of a recipe: `repeat` pointers `stride` bytes apart from `off`. */
 struct ek_walk_slot {
 	uint64_t off, stride, repeat;
-	int32_t kind;   /* EK_FOLLOW, EK_STRING, EK_NOFOLLOW, EK_UNTYPED */
+	int32_t kind;   /* EK_FOLLOW, EK_STRING, EK_NOFOLLOW (a function), EK_UNTYPED, EK_OPAQUE */
 	int32_t target; /* the pointee's recipe; a C string's code (< 0) for EK_STRING */
 	int32_t len_kind;
 	int32_t len_size;   /* EK_LEN_FIELD: the length field's size, 1/2/4/8 */
@@ -457,7 +457,9 @@ static int follow(struct ek_walk *w, uint64_t id, const uint8_t *bytes)
 				if (!p)
 					continue;
 				int heap = in_heap(w, p);
-				if (slot->kind == EK_NOFOLLOW || !heap) {
+				if (slot->kind == EK_OPAQUE && heap)
+					continue; /* carried as a number: nothing to learn about it */
+				if (slot->kind == EK_NOFOLLOW || slot->kind == EK_OPAQUE || !heap) {
 					note_outside(w, p);
 					continue;
 				}

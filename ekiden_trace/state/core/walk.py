@@ -2,9 +2,10 @@
 
 A recipe tells walk.c, per heap type, the size of one element and where its pointers
 are: followed to another recipe (with a count from nothing, a constant or a sibling
-integer field), read as a C string, or not followed (functions, opaque hints; their
-values become facts).  A shape no recipe can express raises NotExpressible, and the
-whole capture then takes the reference path (state/capture.py).
+integer field), read as a C string, or not followed (functions, opaque hints: their
+values become facts, except opaque ones into the heap).  A shape no recipe can
+express raises NotExpressible, and the whole capture then takes the reference path
+(state/capture.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ekiden_trace.errors import EkidenError
 from ekiden_trace.state.columns import HeapColumns
 from ekiden_trace.state.decode import Decoder, HeapPointer, is_char
 
-FOLLOW, CSTRING, NOFOLLOW, UNTYPED = 0, 1, 2, 3
+FOLLOW, CSTRING, FUNCTION, UNTYPED, OPAQUE = 0, 1, 2, 3, 4
 LEN_ONE, LEN_CONST, LEN_FIELD = 0, 1, 2
 OK, DECLINED, LIMIT, NOMEM = 0, 1, 2, 3
 INTEGER_ENCODINGS = ("signed", "unsigned", "signed_char", "unsigned_char", "bool")
@@ -185,10 +186,10 @@ class RecipeCompiler:
     ) -> SlotSpec:
         pointee = strip(self.types, info.target) if info.target in self.types else -1
         pinfo = self.types.get(pointee)
-        if (pinfo is not None and pinfo.kind == "function") or (
-            hint is not None and hint.kind == "opaque"
-        ):
-            return SlotSpec(0, NOFOLLOW)
+        if pinfo is not None and pinfo.kind == "function":
+            return SlotSpec(0, FUNCTION)
+        if hint is not None and hint.kind == "opaque":
+            return SlotSpec(0, OPAQUE)
         if hint is not None and hint.kind != "array":
             raise NotExpressible(f"a {hint.kind} hint")
         if pinfo is None or pinfo.kind == "void":
