@@ -115,6 +115,7 @@ class UpdateReport:
     calls: int = 0  # transformers' calls into the new version (what they built is not counted)
     staged: tuple[int, float] | None = None  # chrooted: bytes staged in its root, seconds
     notes: list[str] = field(default_factory=list)
+    capture: str = ""  # the capture's engine: "compiled", or "python: <why>" (Snapshot.engine)
 
 
 def version_names(old: str, new: str) -> tuple[str, str]:
@@ -279,6 +280,7 @@ def _update(
         with sharing_cpu(pid):  # the tool and the process hand over to each other many times
             snapshot = _capture(live, tracee, prepared.plan, report.point)
             report.inactive = [v.key for v in snapshot.variables if v.absent and not v.lost]
+            report.capture = snapshot.engine
             clock.lap("capture")
             blocked, ignored, _ = tracee.signal_masks()
             state = GuardState(

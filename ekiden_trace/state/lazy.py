@@ -51,6 +51,19 @@ class CapturedSource:
         return None  # the globals that lengths read were captured (columns.globals)
 
 
+def _reread(path: str, name: str, build_id: str) -> Program:
+    """v1 read again in another process (the guardian's: the tool's held image is its
+    inherited fd), by its held path or else by its name, and only that very build."""
+    for where in (path, name.removesuffix(" (deleted)")):
+        try:
+            program = Program(where, name)
+        except (EkidenError, OSError):
+            continue
+        if program.build_id == build_id:
+            return program
+    raise EkidenError(f"{name} (build {build_id}) can no longer be read to decode its state")
+
+
 def _no_memory(addr: int, size: int) -> bytes:
     raise EkidenError(f"the capture did not read the {size} bytes at {addr:#x}")
 
@@ -60,7 +73,8 @@ class HeapObjects(Mapping[int, HeapObject]):
 
     Pickles as its columns and the program's path: the decoded cache stays behind."""
 
-    def __init__(self, columns: HeapColumns, program: Program | str) -> None:
+    def __init__(self, columns: HeapColumns, program: Program | tuple[str, str, str]) -> None:
+        """`program`: v1, or where to read it again: (path, name, build id)."""
         self.columns = columns
         self._program = program
         self._decoder: Decoder | None = None
@@ -70,8 +84,10 @@ class HeapObjects(Mapping[int, HeapObject]):
         self._starts: list[int] = []
 
     def __reduce__(self) -> tuple[Any, ...]:
-        path = self._program if isinstance(self._program, str) else str(self._program.path)
-        return HeapObjects, (self.columns, path)
+        program = self._program
+        if isinstance(program, Program):
+            program = (str(program.path), program.name, program.build_id)
+        return HeapObjects, (self.columns, program)
 
     def __len__(self) -> int:
         return len(self.columns)
@@ -94,8 +110,8 @@ class HeapObjects(Mapping[int, HeapObject]):
     def decoder(self) -> Decoder:
         """The Decoder of these columns: decodes any captured bytes of v1's types."""
         if self._decoder is None:
-            if isinstance(self._program, str):
-                self._program = Program(self._program)
+            if not isinstance(self._program, Program):
+                self._program = _reread(*self._program)
             self._decoder = Decoder(
                 CapturedSource(self._program, self.columns), _no_memory, self._to_heap
             )

@@ -69,6 +69,7 @@ struct ek_walk {
 	const uint64_t *ranges; /* heap [start, end) pairs, sorted */
 	uint64_t nranges, max_objects, max_bytes, max_string, bytes;
 	struct chunk *chunks; /* open addressing by base */
+	struct chunk *last;   /* the chunk found last: walks are mostly local */
 	uint64_t nchunks, chunk_cap, syscalls;
 	/* per object */
 	struct vec addr, recipe, count, extent;
@@ -121,9 +122,13 @@ static int push(struct ek_walk *w, struct vec *v, size_t width, const void *item
 
 static struct chunk *chunk_slot(struct ek_walk *w, uint64_t base)
 {
+	if (w->last && w->last->base == base && w->last->buf)
+		return w->last;
 	uint64_t mask = w->chunk_cap - 1, i = mix(base) & mask;
 	while (w->chunks[i].buf && w->chunks[i].base != base)
 		i = (i + 1) & mask;
+	if (w->chunks[i].buf)
+		w->last = &w->chunks[i];
 	return &w->chunks[i];
 }
 
@@ -133,6 +138,7 @@ static int grow_chunks(struct ek_walk *w)
 	struct chunk *old = w->chunks;
 	w->chunk_cap = old_cap ? old_cap * 2 : 1024;
 	w->chunks = calloc(w->chunk_cap, sizeof *w->chunks);
+	w->last = NULL;
 	if (!w->chunks) {
 		w->chunks = old;
 		w->chunk_cap = old_cap;
