@@ -20,6 +20,7 @@ declines a shape, the whole capture runs the reference walk from scratch.
 
 from __future__ import annotations
 
+import ctypes
 from collections import deque
 
 from ekiden_trace.binary.program import TaggedVariable
@@ -160,7 +161,7 @@ class Capturer:
 
     # -- the compiled walk -------------------------------------------------
 
-    def _walk_compiled(self, library: object) -> HeapColumns:
+    def _walk_compiled(self, library: ctypes.CDLL) -> HeapColumns:
         """Walk the heap from the queued roots with the compiled core; NotExpressible or
         Declined when it cannot promise the reference's graph."""
         compiler = RecipeCompiler(self.decoder)
@@ -187,7 +188,7 @@ class Capturer:
         live = self.live
         heap = [(m.start, m.end) for m in live.maps if live.region(m.start) == "heap"]
         limits = (MAX_OBJECTS, max(MAX_BYTES - self.bytes_read, 0), MAX_STRING)
-        walked = walk(library, self.tracee.pid, compiler.recipes, heap, roots, limits)  # type: ignore[arg-type]
+        walked = walk(library, self.tracee.pid, compiler.recipes, heap, roots, limits)
         for pointer, (index, offset) in zip(pointers, walked.roots, strict=True):
             pointer.target = ObjectRef(index + 1, offset)
         columns = walked.columns

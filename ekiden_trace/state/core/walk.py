@@ -268,8 +268,7 @@ def _bind(lib: ctypes.CDLL) -> None:
         ctypes.c_int, ctypes.POINTER(Recipe), _U64, ctypes.c_uint64, ctypes.POINTER(Root),
         ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64,
     )  # fmt: skip
-    for name in ("status",):
-        getattr(lib, f"ek_walk_{name}").restype = ctypes.c_int
+    lib.ek_walk_status.restype = ctypes.c_int
     lib.ek_walk_reason.restype = ctypes.c_char_p
     for name in ("objects", "slots", "outside", "syscalls"):
         getattr(lib, f"ek_walk_{name}").restype = ctypes.c_uint64
@@ -328,7 +327,7 @@ def walk(
         pid, table, _ptr(ranges, ctypes.c_uint64), len(heap), croots, len(roots), *limits
     )
     if not handle:
-        raise MemoryError("the compiled walk ran out of memory")
+        raise Declined("out of memory", limit=False)
     try:
         status = lib.ek_walk_status(handle)
         if status != OK:
