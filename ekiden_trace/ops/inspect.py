@@ -17,6 +17,7 @@ from ekiden_trace.ops.preflight import (
 from ekiden_trace.ops.recover import check_not_mid_update, refuse_mid_update
 from ekiden_trace.state.capture import Capturer
 from ekiden_trace.state.control import STOP_FUNCTION, ControlBlock, choose_stop_signal
+from ekiden_trace.state.core.build import core
 from ekiden_trace.state.rendezvous import leave, wait_for_point
 from ekiden_trace.state.snapshot import Snapshot, StopLocation
 from ekiden_trace.target import procfs
@@ -98,6 +99,7 @@ def stopped(pid: int, options: InspectOptions) -> Iterator[tuple[LiveProcess, Tr
         check_not_stopped(pid)
     _ = program.tags  # resolve tags before the pause
     live = LiveProcess(pid, program)
+    core()  # the compiled core: its first use builds it, before the process stops
     tracee = Tracee.seize(pid)
     control = None
     try:

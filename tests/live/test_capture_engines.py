@@ -11,13 +11,14 @@ compared by target address and offset.  The test also pins which engine ran.
 from __future__ import annotations
 
 import dataclasses
+import json
 import pickle
 from pathlib import Path
 from typing import Any
 
 import pytest
 from clients import KvClient, LineClient, connected, fixture_binary, start_server
-from conftest import compile_marked, needs_ptrace
+from conftest import REPO, compile_marked, needs_ptrace, run_tool
 from test_diff_attach_agree import PAIRS
 
 from ekiden_trace.ops.inspect import InspectOptions, stop_of, stopped
@@ -141,3 +142,27 @@ def test_shapes(tmp_path: Path, flags: tuple[str, ...], expected: str) -> None:
     if fast.engine == "compiled":
         assert len(fast.objects) > 20
         assert fast.heap is not None and any(fast.heap.target_off)  # interior pointers
+
+
+@pytest.mark.parametrize(
+    ("engine", "expected"),
+    [("auto", "compiled"), ("python", "python: EKIDEN_TRACE_ENGINE=python")],
+)
+def test_attach_reports_the_capture_engine(engine: str, expected: str) -> None:
+    """`attach` says which capture ran; EKIDEN_TRACE_ENGINE=python forces the reference."""
+    v1, v2 = fixture_binary("kvstore", "v1"), fixture_binary("kvstore", "v2")
+    xform = str(REPO / "fixtures" / "kvstore" / "xform_v1_v2.py")
+    with start_server(v1) as server:
+        _fill("kvstore", server.port)
+        result = run_tool(
+            "attach", str(server.pid), "--new", str(v2), "--xform", xform, "--json",
+            env={"EKIDEN_TRACE_ENGINE": engine}, timeout=300,
+        )  # fmt: skip
+        assert "Traceback" not in result.stderr, result.stderr
+        assert result.returncode == 0, result.stderr + result.stdout
+        with connected(KvClient, server.port, 1) as (client,):
+            assert client.get("key3") == "value-3-xxx"
+            assert client.count() == 49
+    report = json.loads(result.stdout)
+    assert report["outcome"] == "updated"
+    assert report["capture"] == expected
