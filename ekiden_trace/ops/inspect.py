@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ekiden_trace.binary.files import file_identity
@@ -15,13 +17,14 @@ from ekiden_trace.ops.preflight import (
 from ekiden_trace.ops.recover import check_not_mid_update, refuse_mid_update
 from ekiden_trace.state.capture import Capturer
 from ekiden_trace.state.control import STOP_FUNCTION, ControlBlock, choose_stop_signal
+from ekiden_trace.state.core.build import core
 from ekiden_trace.state.rendezvous import leave, wait_for_point
 from ekiden_trace.state.snapshot import Snapshot, StopLocation
 from ekiden_trace.target import procfs
 from ekiden_trace.target.address_space import LiveProcess
 from ekiden_trace.target.disasm import instructions_around
 from ekiden_trace.target.tracee import Tracee
-from ekiden_trace.target.unwind import Frame
+from ekiden_trace.target.unwind import Frame, Frames
 
 
 @dataclass(frozen=True)
@@ -68,17 +71,26 @@ def _code_around(live: LiveProcess, pc: int) -> list[str]:
 
 def capture_stopped(live: LiveProcess, tracee: Tracee, point: str | None, now: bool) -> Snapshot:
     """Capture the tagged state of a tracee stopped at `point` (or anywhere, with now)."""
+    stop, frames = stop_of(live, tracee, point, now)
+    return Capturer(live).capture(stop, frames)
+
+
+def stop_of(
+    live: LiveProcess, tracee: Tracee, point: str | None, now: bool
+) -> tuple[StopLocation, Frames]:
+    """Where a stopped tracee stands, bound to `live`: what a capture starts from."""
     live.stopped(tracee)
     frames = live.frames()
     stop = _stop_location(live, frames, point)
     if now and frames:
         stop.code = _code_around(live, frames[0].pc)
-    return Capturer(live).capture(stop, frames)
+    return stop, frames
 
 
-@locked
-def inspect(pid: int, options: InspectOptions) -> Snapshot:
-    """Capture the tagged state of process `pid`; it keeps running, untouched, afterwards."""
+@contextlib.contextmanager
+def stopped(pid: int, options: InspectOptions) -> Iterator[tuple[LiveProcess, Tracee, str | None]]:
+    """Process `pid` stopped at an update point (anywhere, with --now) for as long as the
+    block runs: (its LiveProcess, the tracee, the point); left as it was afterwards."""
     program = program_of(pid)
     check_not_mid_update(pid, program)
     running = file_identity(procfs.exe_path(pid))
@@ -87,6 +99,7 @@ def inspect(pid: int, options: InspectOptions) -> Snapshot:
         check_not_stopped(pid)
     _ = program.tags  # resolve tags before the pause
     live = LiveProcess(pid, program)
+    core()  # the compiled core: its first use builds it, before the process stops
     tracee = Tracee.seize(pid)
     control = None
     try:
@@ -101,6 +114,13 @@ def inspect(pid: int, options: InspectOptions) -> Snapshot:
             point = wait_for_point(
                 tracee, control, signo, options.point, options.timeout, live
             ).what
-        return capture_stopped(live, tracee, point, options.now)
+        yield live, tracee, point
     finally:
         leave(tracee, control)
+
+
+@locked
+def inspect(pid: int, options: InspectOptions) -> Snapshot:
+    """Capture the tagged state of process `pid`; it keeps running, untouched, afterwards."""
+    with stopped(pid, options) as (live, tracee, point):
+        return capture_stopped(live, tracee, point, options.now)

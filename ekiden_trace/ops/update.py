@@ -48,6 +48,7 @@ from ekiden_trace.state.control import (
     find_mark_gadget,
     mark_injector,
 )
+from ekiden_trace.state.core.build import core
 from ekiden_trace.state.rendezvous import halt, leave, wait_for_point
 from ekiden_trace.state.restore import Restorer, RestoreResult
 from ekiden_trace.state.snapshot import Snapshot
@@ -116,6 +117,7 @@ class UpdateReport:
     calls: int = 0  # transformers' calls into the new version (what they built is not counted)
     staged: tuple[int, float] | None = None  # chrooted: bytes staged in its root, seconds
     notes: list[str] = field(default_factory=list)
+    capture: str = ""  # the capture's engine: "compiled", or "python: <why>" (Snapshot.engine)
 
 
 def version_names(old: str, new: str) -> tuple[str, str]:
@@ -238,6 +240,7 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
     # The new version loads the same libc: resolving malloc now parses its symbols
     # (cached by file) before the pause instead of during the restore.
     find_function(pid, "malloc")
+    core()  # the compiled core: its first use builds it, before the pause
     with _staging(pid, prepared) as staged:
         return _update(pid, options, prepared, staged, clock, live, (old_argv, argv, envp))
 
@@ -282,6 +285,7 @@ def _update(
         with sharing_cpu(pid):  # the tool and the process hand over to each other many times
             snapshot = _capture(live, tracee, prepared.plan, report.point)
             report.inactive = [v.key for v in snapshot.variables if v.absent and not v.lost]
+            report.capture = snapshot.engine
             clock.lap("capture")
             blocked, ignored, _ = tracee.signal_masks()
             state = GuardState(

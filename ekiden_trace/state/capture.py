@@ -10,15 +10,26 @@ pointing at `ranges[2]` met before the tag `ranges`).  Whatever the order, an
 object that encloses objects captured before takes them in: they vanish and
 the pointers to them point inside it, so v2 gets one array, not overlapping
 copies.
+
+That Python walk is the reference.  When the compiled core is available, the heap
+is walked by it instead (state/core/walk.py), from the same roots, into columns
+decoded lazily (lazy.py); when the recipes cannot express the state or the walk
+declines a shape, the whole capture runs the reference walk from scratch.
+`Snapshot.engine` says which ran and why.
 """
 
 from __future__ import annotations
 
+import ctypes
 from collections import deque
 
 from ekiden_trace.binary.program import TaggedVariable
 from ekiden_trace.errors import EkidenError
+from ekiden_trace.state.columns import CHAR_TYPE, STRING, AddressFact, HeapColumns
+from ekiden_trace.state.core.build import core, why_not
+from ekiden_trace.state.core.walk import Declined, NotExpressible, RecipeCompiler, walk
 from ekiden_trace.state.decode import MAX_STRING, Decoder, HeapPointer, is_char
+from ekiden_trace.state.lazy import HeapObjects
 from ekiden_trace.state.locate import Absent, locate
 from ekiden_trace.state.snapshot import (
     ArrayValue,
@@ -43,7 +54,6 @@ MAX_BYTES = 2 << 30
 PAGE = 1 << 12
 LINE_SHIFT = 8  # heap objects are indexed by the 256-byte lines they span
 STRING_PROBE = 256  # a string's first read: this many bytes, or up to its page's end
-CHAR_TYPE = -2  # the element type of a hinted buffer: plain bytes, whatever the pointer's type
 
 
 class CaptureLimit(EkidenError):
@@ -53,8 +63,10 @@ class CaptureLimit(EkidenError):
 class Capturer:
     """One capture of one stopped process."""
 
-    def __init__(self, live: LiveProcess) -> None:
+    def __init__(self, live: LiveProcess, python_because: str | None = None) -> None:
+        """`python_because`: run the reference walk, for this reason."""
         assert live.tracee is not None, "capture needs a stopped tracee"
+        self.python_because = python_because
         self.live = live
         self.tracee = live.tracee
         self.program = live.program
@@ -78,17 +90,46 @@ class Capturer:
         for var in variables:
             if isinstance(var.value, int | EnumValue):
                 self.decoder.globals.setdefault(var.name, var.value)
+        why = self.python_because
+        library = core() if why is None else None
+        if why is None and library is None:
+            why = why_not()
+        if library is not None:
+            try:
+                columns = self._walk_compiled(library)
+            except NotExpressible as reason:
+                why = f"not expressible: {reason}"
+            except Declined as reason:
+                why = f"declined: {reason}"
+            else:
+                return self._snapshot(
+                    stop, variables, HeapObjects(columns, self.program), columns, "compiled"
+                )
+            # The variables' pointers may hold targets of the compiled walk: start afresh.
+            return Capturer(self.live, why).capture(stop, frames)
         self._follow_all()
         if self._enclosed:
             self._point_into_enclosing(variables)
+        return self._snapshot(stop, variables, self.objects, None, f"python: {why}")
+
+    def _snapshot(
+        self,
+        stop: StopLocation,
+        variables: list[CapturedVariable],
+        objects: HeapObjects | dict[int, HeapObject],
+        columns: HeapColumns | None,
+        engine: str,
+    ) -> Snapshot:
         return Snapshot(
             pid=self.tracee.pid,
             binary=self.program.name,
             build_id=self.program.build_id,
             stop=stop,
             variables=variables,
-            objects=self.objects,
+            objects=objects,
             bytes_read=self.bytes_read,
+            heap=columns,
+            engine=engine,
         )
 
     def _variable(self, tag: TaggedVariable, frames: Frames) -> CapturedVariable:
@@ -117,6 +158,60 @@ class Capturer:
         hint = self.program.hints.variables.get(var.name)
         captured.value = self.decoder.decode(var.type, data, 0, hint)
         return captured
+
+    # -- the compiled walk -------------------------------------------------
+
+    def _walk_compiled(self, library: ctypes.CDLL) -> HeapColumns:
+        """Walk the heap from the queued roots with the compiled core; NotExpressible or
+        Declined when it cannot promise the reference's graph."""
+        compiler = RecipeCompiler(self.decoder)
+        roots: list[tuple[int, int, int]] = []
+        pointers: list[Pointer] = []
+        for item in self._queue:
+            root = compiler.root(item)
+            if root is None:
+                item.pointer.target = Unfollowed("untyped")
+            else:
+                roots.append((item.pointer.addr, *root))
+                pointers.append(item.pointer)
+        self._queue.clear()
+        # Larger objects first, strings last: a root into an object another root spans
+        # then lands inside it, as the reference's take-in makes it whatever the order.
+        order = sorted(
+            range(len(roots)),
+            key=lambda i: (
+                -compiler.recipes.sizes[roots[i][1]] * roots[i][2] if roots[i][1] >= 0 else 1
+            ),
+        )
+        roots = [roots[i] for i in order]
+        pointers = [pointers[i] for i in order]
+        live = self.live
+        heap = [(m.start, m.end) for m in live.maps if live.region(m.start) == "heap"]
+        limits = (MAX_OBJECTS, max(MAX_BYTES - self.bytes_read, 0), MAX_STRING)
+        walked = walk(library, self.tracee.pid, compiler.recipes, heap, roots, limits)
+        for pointer, (index, offset) in zip(pointers, walked.roots, strict=True):
+            pointer.target = ObjectRef(index + 1, offset)
+        columns = walked.columns
+        columns.heap = heap
+        columns.facts = {value: self._fact(value) for value in walked.outside}
+        columns.globals = {
+            name: value.value if isinstance(value, EnumValue) else value
+            for name, value in self.decoder.globals.items()
+        }
+        self.bytes_read += len(columns.data) + columns.kind.count(STRING)
+        return columns
+
+    def _fact(self, addr: int) -> AddressFact:
+        """What v1 says about an address outside the heap that an object points to."""
+        region = self.live.region(addr)
+        symbol = self.live.symbol_at(addr) if region != "heap" else None
+        literal = None
+        if region == "code":
+            try:
+                literal = self.tracee.read_cstring(addr, MAX_STRING)
+            except MemoryAccessError:
+                literal = None
+        return AddressFact(region, symbol, literal)
 
     # -- memory ------------------------------------------------------------
 

@@ -4,6 +4,7 @@ every pointer explained, every pointer inside an object at a place the new layou
 from __future__ import annotations
 
 from ekiden_trace.plan.planner import UpdatePlan
+from ekiden_trace.state.columns import AddressFact
 from ekiden_trace.state.interior import moved_offset
 from ekiden_trace.state.snapshot import (
     ArrayValue,
@@ -31,10 +32,28 @@ def _is_suspect(pointer: Pointer, symbols: dict) -> bool:
     return False
 
 
+def _suspect_fact(fact: AddressFact, symbols: dict) -> bool:
+    """Whether a pointer in a compiled capture's heap, to an address outside it, may be
+    reported: anything not plainly the start of a function or global v2 has.  (A string
+    literal has no symbol: the full check then tells it from a function pointer.)"""
+    if fact.symbol is None:
+        return True
+    name, offset = fact.symbol
+    return bool(offset) or ("@" not in name and name not in symbols)
+
+
 def _may_have_problems(snapshot: Snapshot, symbols: dict) -> bool:
-    """A quick scan of every captured value, without the paths that messages need."""
+    """A quick scan of every captured value, without the paths that messages need; on a
+    compiled capture's columns, without decoding its heap objects."""
     stack: list[Value | None] = [v.value for v in snapshot.variables]
-    stack += [obj.value for obj in snapshot.objects.values() if obj.string is None]
+    heap = snapshot.heap
+    if heap is not None:
+        if heap.target_off.tobytes().strip(b"\0"):
+            return True  # interior pointers, checked in full by _interior_problem
+        if any(_suspect_fact(fact, symbols) for fact in heap.facts.values()):
+            return True
+    else:
+        stack += [obj.value for obj in snapshot.objects.values() if obj.string is None]
     while stack:
         item = stack.pop()
         if isinstance(item, Pointer):

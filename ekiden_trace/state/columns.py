@@ -19,7 +19,13 @@ Invariants the producer guarantees:
   every non-null pointer inside a TYPED object that points into the heap has a row;
 * `facts` holds, for every other non-null pointer value stored inside an object
   (functions, globals, string literals, the stack, unmapped memory), what the
-  capture learnt about that address while v1 still ran: see AddressFact.
+  capture learnt about that address while v1 still ran: see AddressFact.  Pointers
+  that are not followed by their type or hint (function pointers, opaque hints) have
+  no slot row wherever they point; their facts say what they point to (opaque
+  pointers into the heap have none: they are carried as numbers).
+* `heap` holds the address ranges that were the heap (what `region()` called 'heap'),
+  and `globals` the integer variables that hint lengths read, as they were: with the
+  facts, they let a Decoder decode any captured bytes without the process (lazy.py).
 """
 
 from __future__ import annotations
@@ -57,6 +63,8 @@ class HeapColumns:
     target_obj: array = field(default_factory=lambda: array("I"))
     target_off: array = field(default_factory=lambda: array("I"))
     facts: dict[int, AddressFact] = field(default_factory=dict)
+    heap: list[tuple[int, int]] = field(default_factory=list)
+    globals: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.addr)

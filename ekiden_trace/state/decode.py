@@ -12,11 +12,14 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
+from ekiden_trace.binary.dwarf.model import Variable
 from ekiden_trace.binary.dwarf.types import Member, TypeInfo, c_name, strip
 from ekiden_trace.binary.hintexpr import Path, evaluate
 from ekiden_trace.binary.hints import Length, PointerHint, UnionCase
 from ekiden_trace.binary.layouts import StructLayout, compile_layout, holds_pointer, member_key
+from ekiden_trace.binary.program import Program
 from ekiden_trace.errors import EkidenError
 from ekiden_trace.state.locate import static_address
 from ekiden_trace.state.snapshot import (
@@ -49,23 +52,65 @@ class HeapPointer:
     shown: int | None = None  # a string with capacity: the length of its text
 
 
+class AddressSource(Protocol):
+    """What decoding needs to know about addresses outside the bytes it decodes: a
+    stopped process (LiveSource), or what a capture learnt while it ran (lazy.py)."""
+
+    program: Program
+
+    def region(self, addr: int) -> str:
+        """'heap', 'data', 'code', 'stack', 'library' or 'unmapped' (LiveProcess.region)."""
+        ...
+
+    def symbol_at(self, addr: int) -> tuple[str, int] | None:
+        """The symbol covering addr and the offset into it."""
+        ...
+
+    def literal(self, addr: int) -> bytes:
+        """The C string at addr in read-only data, without its NUL."""
+        ...
+
+    def static_address(self, var: Variable) -> int | None:
+        """Where a global or static variable is, or None when unknown."""
+        ...
+
+
+class LiveSource:
+    """The AddressSource of a stopped process."""
+
+    def __init__(self, live: LiveProcess) -> None:
+        assert live.tracee is not None, "decoding pointers needs a stopped tracee"
+        self.program = live.program
+        self.region = live.region
+        self.symbol_at = live.symbol_at
+        self._live = live
+
+    def literal(self, addr: int) -> bytes:
+        assert self._live.tracee is not None
+        return self._live.tracee.read_cstring(addr, MAX_STRING)
+
+    def static_address(self, var: Variable) -> int | None:
+        return static_address(var, self._live.bias)
+
+
 class Decoder:
     """Decodes values of one program's types, caching what it derives per type."""
 
     def __init__(
         self,
-        live: LiveProcess,
+        source: AddressSource | LiveProcess,
         read: Callable[[int, int], bytes],
         to_heap: Callable[[HeapPointer], None],
     ) -> None:
-        """`read` reads memory (for a hint length held in a global); `to_heap` receives
-        each pointer into the heap."""
-        assert live.tracee is not None, "decoding pointers needs a stopped tracee"
-        self.live = live
-        self.tracee = live.tracee
-        self.index = live.program.index
+        """`source` tells what addresses are (a LiveProcess stands for its LiveSource);
+        `read` reads memory (for a hint length read through a pointer or held in a
+        global); `to_heap` receives each pointer into the heap."""
+        self.source: AddressSource = (
+            LiveSource(source) if isinstance(source, LiveProcess) else source
+        )
+        self.index = self.source.program.index
         self.types: dict[int, TypeInfo] = self.index.types
-        self.hints = live.program.hints
+        self.hints = self.source.program.hints
         self.globals: dict[str, int | EnumValue] = {}  # integer globals, by name
         self._read = read
         self._to_heap = to_heap
@@ -213,13 +258,13 @@ class Decoder:
         pointee = self.strip(info.target) if info.target in self.types else -1
         pinfo = self.types.get(pointee)
         if pinfo is not None and pinfo.kind == "function":
-            found = self.live.symbol_at(addr)
+            found = self.source.symbol_at(addr)
             pointer.target = FunctionRef(found[0] if found and found[1] == 0 else None)
             return pointer
         if hint is not None and hint.kind == "opaque":
             pointer.target = Unfollowed("opaque")
             return pointer
-        region = self.live.region(addr)
+        region = self.source.region(addr)
         if region == "heap":
             count = shown = None
             if hint is not None and hint.length is not None:
@@ -228,9 +273,9 @@ class Decoder:
                 shown = min(self.length(hint.shown, siblings), count or 0)
             self._to_heap(HeapPointer(pointer, pointee, hint, count, shown))
         elif region == "code" and pinfo is not None and is_char(pinfo):
-            pointer.target = LiteralRef(self.tracee.read_cstring(addr, MAX_STRING))
+            pointer.target = LiteralRef(self.source.literal(addr))
         elif region in ("data", "code"):
-            found = self.live.symbol_at(addr)
+            found = self.source.symbol_at(addr)
             pointer.target = GlobalRef(*found) if found else Unfollowed("data without a symbol")
         else:
             pointer.target = Unfollowed(region)
@@ -269,7 +314,7 @@ class Decoder:
         if name in self.globals:
             return self.globals[name]
         for var in self.index.variables_named(name):
-            address = static_address(var, self.live.bias)
+            address = self.source.static_address(var)
             if address is not None:
                 info = self.types[self.strip(var.type)]
                 value = self.decode(var.type, self._read(address, info.size or 0), 0)

@@ -8,6 +8,7 @@ kept exactly.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -191,6 +192,9 @@ class Snapshot(_Compact):
     build_id: str
     stop: StopLocation
     variables: list[CapturedVariable]
-    objects: dict[int, HeapObject]
+    # By id; a compiled capture's decode on first access (lazy.py), a reference one's are
+    # a dict of HeapObjects.
+    objects: Mapping[int, HeapObject]
     bytes_read: int = 0
     heap: HeapColumns | None = None  # the heap as the compiled core captured it (columns.py)
+    engine: str = "python"  # "compiled", or "python: <why the compiled walk did not run>"
