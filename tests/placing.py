@@ -32,7 +32,6 @@ from ekiden_trace.state.snapshot import (
     FunctionRef,
     GlobalRef,
     LiteralRef,
-    ObjectRef,
     Pointer,
     Snapshot,
     StructValue,
@@ -55,7 +54,9 @@ def _fact(target: Any) -> AddressFact | None:
     if isinstance(target, LiteralRef):
         return AddressFact("code", None, target.text)
     if isinstance(target, Unfollowed):
-        return AddressFact("data" if target.reason == "data without a symbol" else target.reason, None)
+        return AddressFact(
+            "data" if target.reason == "data without a symbol" else target.reason, None
+        )
     return None
 
 

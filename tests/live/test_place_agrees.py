@@ -40,10 +40,23 @@ PAIRS = [
 ]
 
 
-def load_keys(port: int, count: int) -> None:
-    client = LineClient(port)
-    replies = client.pipeline([f"SET key{i} value{i}" for i in range(count)])
-    assert all(reply.startswith("OK") for reply in replies), replies[:3]
+# What fills each fixture's heap, and the reply every request gets.
+LOADS = {
+    "kvstore": ([f"SET key{i} value{i}" for i in range(300)], "OK"),
+    "hints": ([f"PUT k{i} {i}" for i in range(20)] + ["BANNER welcome"], "ok"),
+}
+
+
+def load(fixture: str, port: int) -> None:
+    """Fill the fixture's heap through its protocol."""
+    if fixture in LOADS:
+        lines, reply = LOADS[fixture]
+        client = LineClient(port)
+        try:
+            for line in lines:
+                assert client.command(line).startswith(reply)
+        finally:
+            client.close()
 
 
 @pytest.mark.parametrize(
@@ -57,8 +70,7 @@ def test_compiled_restore_writes_what_the_encoder_writes(
     v1, v2 = fixture_binary(fixture, old), fixture_binary(fixture, new)
     plan, transformers = plan_for(v1, v2, REPO / "fixtures" / fixture / xform if xform else None)
     with start_server(v1, *args) as server:
-        if fixture == "kvstore":
-            load_keys(server.port, 300)
+        load(fixture, server.port)
         snapshot = reference_snapshot(server.pid)
         heap = columns_of(snapshot, plan.old)
     with start_server(v2, *args) as target, stopped_backend(target.pid, plan.new) as backend:

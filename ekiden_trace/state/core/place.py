@@ -19,6 +19,7 @@ from array import array
 from typing import Any, Protocol
 
 from ekiden_trace.binary.dwarf.types import TypeInfo, c_name, get, strip
+from ekiden_trace.binary.hints import PointerHint
 from ekiden_trace.binary.layouts import holds_pointer
 from ekiden_trace.errors import EkidenError
 from ekiden_trace.state.columns import CHAR_TYPE, STRING, TYPED, AddressFact, HeapColumns
@@ -214,9 +215,14 @@ class RecipeCompiler:
                 if self.encoder._info(member.type).kind != "pointer":
                     raise NotExpressible("an opaque pointer into another kind")
                 ops.append((OP_COPY, at, to, 8, 0))  # carried as its number
-            elif pointer.kind == "pointer" and hint is not None and hint.kind == "points_to":
+            elif (
+                pointer.kind == "pointer"
+                and hint is not None
+                and self.encoder._info(member.type).kind == "pointer"
+            ):
+                new = self.encoder._info(member.type)
                 ops.append(
-                    (OP_PTR, at, to, self._class(pointer, self.encoder._info(member.type)), 0)
+                    (OP_PTR, at, to, self._class(pointer, new), self._pointer_flags(pointer, hint))
                 )
             else:
                 self._ops(found.type, member.type, at, to, ops)
@@ -234,11 +240,14 @@ class RecipeCompiler:
         for i in range(min(old.count or 0, new.count or 0)):
             self._ops(old_element.id, new_element.id, src + i * old_size, dst + i * new_size, ops)
 
-    def _pointer_flags(self, old: TypeInfo) -> int:
+    def _pointer_flags(self, old: TypeInfo, hint: PointerHint | None = None) -> int:
+        """PTR_FUNCTION: never into the heap (the capture names its symbol); PTR_UNTYPED:
+        a void pointer that the capture follows only when it met its target first."""
         pointee = get(self.old_types, strip(self.old_types, old.target))
         if pointee.kind == "function":
             return PTR_FUNCTION
-        return PTR_UNTYPED if pointee.kind == "void" or old.target is None else 0
+        typed_by_hint = hint is not None and hint.kind in ("buffer", "string", "points_to")
+        return PTR_UNTYPED if pointee.kind == "void" and not typed_by_hint else 0
 
     def _class(self, old: TypeInfo, new: TypeInfo) -> int:
         key = (old.id, new.id)
@@ -272,6 +281,7 @@ class Placer:
         self.heap = heap
         self.compiler = RecipeCompiler(encoder)
         self.timings: dict[str, float] = {}
+        clock = time.perf_counter()
         self._recipes: dict[tuple[int, int], int] = {}  # (old tid, new tid) -> recipe id
         self._element: list[int] = [-1, -1]  # new element type by recipe id
         self._failure: BaseException | None = None
@@ -288,6 +298,7 @@ class Placer:
             raise MemoryError("the compiled restore cannot allocate its index")
         self._register(RECIPE_STRING, [], 0, 0, [])
         self._register(RECIPE_BUFFER, [], 0, 0, [])
+        self.timings["index"] = time.perf_counter() - clock
 
     def close(self) -> None:
         """Free the C side."""
