@@ -19,6 +19,7 @@ from ekiden_trace.state.core.place import (
     _MOVED,
     _RESOLVE,
     OP_COPY,
+    OP_ENUM,
     OP_INT,
     OP_PTR,
     NotExpressible,
@@ -171,3 +172,16 @@ def test_integers_widen_with_their_sign_and_narrow_with_a_range_check() -> None:
     assert convert(2**64 - 1, (8, False), (8, True)) is None
     assert convert(2**64 - 1, (8, False), (8, False)) == 2**64 - 1
     assert convert(-(2**31), (4, True), (2, True)) is None
+
+
+def test_enum_remapped_by_enumerator_name() -> None:
+    v1, v2 = kvstore("v1"), kvstore("v2")
+    mode = (struct_type(v1, "enum mode"), struct_type(v2, "enum mode"))
+    ops, table = kv_compiler().compile(*mode)
+    assert [op[0] for op in ops] == [OP_ENUM]
+    enumerators = get(v2.index.types, mode[1]).enumerators
+    old = get(v1.index.types, mode[0]).enumerators
+    assert dict(zip(table[::2], table[1::2], strict=True)) == {
+        number: enumerators[name] for name, number in old.items()
+    }
+    assert ops[0][4] == len(old)  # its pairs start the table

@@ -37,7 +37,7 @@ typedef struct {
     ek_op *ops;
     int32_t nops;
     uint32_t old_size, new_size;
-    int64_t *table; /* OP_ENUM: (old value, new value or INT64_MIN) pairs */
+    int64_t *table; /* OP_ENUM: (old value, new value or INT64_MIN: no such name) pairs */
     int32_t ntable;
 } recipe_t;
 
@@ -286,8 +286,9 @@ static int convert_int(const ek_op *op, const recipe_t *r, const uint8_t *src, u
         value = (int64_t)(raw | (~0ULL << (8 * src_size)));
     else if (src_signed)
         value = (int64_t)raw;
-    if (op->op == OP_ENUM) {
-        for (int32_t i = 0; i < r->ntable; i++) {
+    if (op->op == OP_ENUM) { /* extra: the enum's first pair in the table, and how many */
+        int64_t first = op->extra >> 32, last = first + (op->extra & 0xffffffff);
+        for (int64_t i = first; i < last && i < r->ntable; i++) {
             if (r->table[2 * i] == (int64_t)value) {
                 if (r->table[2 * i + 1] == INT64_MIN)
                     return ERR_ENUM;

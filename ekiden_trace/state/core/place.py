@@ -65,7 +65,12 @@ RECIPE_STRING, RECIPE_BUFFER = 0, 1
 SPAN_GAP = 1024  # objects closer than this join one span (less than a page: see place.c)
 _NO_NAME = -(1 << 63)  # an enum table's "this enumerator is not in v2"
 
-Op = tuple[int, int, int, int, int]  # op, src offset, dst offset, argument, extra
+Op = tuple[int, int, int, int, int]
+"""(op, source offset, destination offset, arg, extra) over one element.  OP_COPY: arg
+bytes.  OP_INT, OP_ENUM: arg = source size | signed << 8 | new size << 16 | signed << 24;
+OP_ENUM's extra = its enum's first pair in the recipe's table << 32 | the pairs' count.
+OP_PTR: arg = the pointer class (old, new pointer type), extra = PTR_ flags.  OP_F32: a
+float read and written back as Python's struct does."""
 
 
 class NotExpressible(Exception):
@@ -130,19 +135,17 @@ class RecipeCompiler:
         self.hints = encoder.old.hints
         self.classes: list[tuple[int, int]] = []  # (old, new) pointer types, by class
         self._class_of: dict[tuple[int, int], int] = {}
-        self.tables: list[list[int]] = []
+        self.table: list[int] = []  # the enum pairs of the recipe being compiled
 
     def old_name(self, tid: int) -> str:
         return c_name(self.old_types, tid)
 
     def compile(self, old_tid: int, new_tid: int) -> tuple[list[Op], list[int]]:
         """The operations of one element and the enum table they use (old, new pairs)."""
-        self.tables = []
+        self.table: list[int] = []
         ops: list[Op] = []
         self._ops(old_tid, new_tid, 0, 0, ops)
-        if len(self.tables) > 1:  # one table per recipe: its ops share it
-            raise NotExpressible("two enums in one element")
-        return ops, self.tables[0] if self.tables else []
+        return ops, self.table
 
     def _ops(self, old_tid: int | None, new_tid: int, src: int, dst: int, ops: list[Op]) -> None:
         old = get(self.old_types, strip(self.old_types, old_tid))
@@ -183,13 +186,10 @@ class RecipeCompiler:
             names: dict[int, str] = {}
             for name, number in old.enumerators.items():
                 names.setdefault(number, name)
-            table = [
-                x
-                for number, name in names.items()
-                for x in (number, new.enumerators.get(name, _NO_NAME))
-            ]
-            self.tables.append(table)
-            ops.append((OP_ENUM, src, dst, arg, 0))
+            first = len(self.table) // 2  # this enum's pairs in the recipe's table
+            for number, name in names.items():
+                self.table += (number, new.enumerators.get(name, _NO_NAME))
+            ops.append((OP_ENUM, src, dst, arg, first << 32 | len(names)))
         else:
             ops.append((OP_INT, src, dst, arg, 0))
 
@@ -290,7 +290,7 @@ class Placer:
         columns = [heap.addr, heap.type_id, heap.count, heap.kind, heap.start]
         self._keep = columns  # place.c reads them in place
         pointers = [column.buffer_info()[0] for column in columns]
-        self._data = ctypes.create_string_buffer(heap.data, len(heap.data) + 1)
+        self._data = ctypes.c_char_p(heap.data)  # heap.data's own bytes, not a copy
         self.ctx = self.lib.ek_place_open(
             len(heap), *pointers, self._data, self._resolve_cb, self._moved_cb
         )
@@ -440,7 +440,7 @@ class Placer:
         written = self.lib.ek_place_write(self.ctx, pid, SPAN_GAP if _alone(pid) else 0)
         self.timings["write"] = time.perf_counter() - clock
         if written < 0:
-            raise OSError(f"the heap could not be written into process {pid}")
+            raise EkidenError(f"the heap could not be written into process {pid} ({written}).")
         return reached, sum(sizes)
 
 
