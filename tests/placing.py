@@ -178,7 +178,7 @@ def place(
         {oid: (addr, chunk) for (oid, addr, _), chunk in zip(spans, data, strict=True)},
         encoder.objects_written,
         encoder.bytes_written,
-        bool(encoder._placer),
+        encoder._placer is not None and not encoder._declined,
         seconds,
         encoder.place_timings,
     )

@@ -103,7 +103,8 @@ class Encoder:
         self.transformers = transformers
         self.backend = backend
         self.context = Context(snapshot, backend, self.set_field)
-        self._placer: Any = None  # the compiled path (core/place.py), False once declined
+        self._placer: Placer | None = None  # the compiled path (core/place.py)
+        self._declined = False  # it declined once: the Python path places the rest
         self.addresses: dict[int | New, int] = _Placed(self._placed_address)
         self._element: dict[int | New, int] = _Placed(self._placed_element)
         # Per-type facts, worked out once: encoding runs once per field of every object.
@@ -145,9 +146,10 @@ class Encoder:
     def _place(self, found: list[Unit]) -> bool:
         """Place the heap reached from `found` by the compiled path (core/place.py); False
         when it declines, before anything is allocated (then the Python path runs, and
-        the compiled path stays off for this heap, as the two do not share what they placed)."""
+        the compiled path stays off for this heap: place.c does not know what Python placed,
+        while Python finds what place.c placed through `addresses` and `_element`)."""
         heap = self.snapshot.heap
-        if self._placer is False or heap is None or core() is None:
+        if self._declined or heap is None or core() is None:
             return False
         try:
             if any(isinstance(unit, New) for unit in found):
@@ -157,9 +159,7 @@ class Encoder:
             seeds = [(u, self._element[u.id]) for u in found if isinstance(u, HeapObject)]
             objects, size = self._placer.place(seeds)
         except NotExpressible:
-            if self._placer:
-                self._placer.close()
-            self._placer = False
+            self._declined = True
             return False
         self.place_timings = dict(self._placer.timings)
         self.objects_written += objects

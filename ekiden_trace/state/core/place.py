@@ -300,9 +300,8 @@ class Placer:
         self._register(RECIPE_BUFFER, [], 0, 0, [])
         self.timings["index"] = time.perf_counter() - clock
 
-    def close(self) -> None:
-        """Free the C side."""
-        if self.ctx:
+    def __del__(self) -> None:
+        if getattr(self, "ctx", None):
             self.lib.ek_place_close(self.ctx)
             self.ctx = None
 
@@ -394,8 +393,9 @@ class Placer:
         self.timings["convert"] = time.perf_counter() - clock - self.timings["recipes"]
         if not reached:
             return 0, 0
-        sizes = (ctypes.c_uint64 * reached).from_address(self.lib.ek_place_sizes(self.ctx))
-        return self._allocate_and_write(array("Q", sizes), reached)
+        sizes = array("Q")
+        sizes.frombytes(ctypes.string_at(self.lib.ek_place_sizes(self.ctx), 8 * reached))
+        return self._allocate_and_write(sizes, reached)
 
     def _map_externals(self) -> None:
         """Map every pointer outside the heap as Encoder._pointer does: first every distinct
@@ -431,7 +431,7 @@ class Placer:
     def _allocate_and_write(self, sizes: array, reached: int) -> tuple[int, int]:
         clock = time.perf_counter()
         addresses = self.encoder.backend.malloc_many(sizes)
-        new = array("Q", addresses)
+        new = addresses if isinstance(addresses, array) else array("Q", addresses)
         self.timings["malloc"] = time.perf_counter() - clock
         self.lib.ek_place_assign(self.ctx, new.buffer_info()[0])
         self.timings["relocate"] = time.perf_counter() - clock - self.timings["malloc"]
