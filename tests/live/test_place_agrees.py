@@ -83,3 +83,21 @@ def test_compiled_restore_writes_what_the_encoder_writes(
         reference.objects_written,
         reference.bytes_written,
     )
+
+
+def test_a_field_transformer_on_the_heap_leaves_it_to_the_python_path() -> None:
+    """The recipes cannot run a transformer: the whole heap goes by the Python encoder,
+    which runs it for every entry."""
+    v1, v2 = fixture_binary("kvstore", "v1"), fixture_binary("kvstore", "v2")
+    plan, transformers = plan_for(v1, v2, REPO / "fixtures" / "kvstore" / "xform_v1_v2.py")
+    transformers.fields[("struct entry", "hits")] = lambda old, ctx: 7
+    with start_server(v1) as server:
+        load("kvstore", server.port)
+        snapshot = reference_snapshot(server.pid)
+        heap = columns_of(snapshot, plan.old)
+    with start_server(v2) as target, stopped_backend(target.pid, plan.new) as backend:
+        reference = place(backend, plan, snapshot, transformers, None)
+        declined = place(backend, plan, snapshot, transformers, heap)
+        assert not differences(reference, declined, backend.tracee.read)
+    assert not declined.compiled
+    assert declined.objects_written == reference.objects_written == 3 * 300 + 2

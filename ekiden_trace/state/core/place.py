@@ -388,6 +388,8 @@ class Placer:
         )
         if reached < 0:
             failure, self._failure = self._failure, None
+            if failure is not None and not isinstance(failure, Exception):
+                raise failure  # an interrupt met in a callback is not a decline
             raise NotExpressible(f"place.c stopped ({reached}): {failure or 'see the reference'}")
         self._map_externals()
         self.timings["convert"] = time.perf_counter() - clock - self.timings["recipes"]
