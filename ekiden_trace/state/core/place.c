@@ -21,10 +21,12 @@ enum { OP_COPY = 0, OP_INT = 1, OP_ENUM = 2, OP_PTR = 3, OP_F32 = 4 };
 enum { PTR_FUNCTION = 1, PTR_UNTYPED = 2 };
 enum { RECIPE_STRING = 0, RECIPE_BUFFER = 1, MAX_RECIPES = 1 << 16 };
 
-/* Why a build stopped (ek_place_error): the Python path then runs and says it in words. */
+/* Why a build stopped (ek_place_error_object names the object): the Python path then
+ * runs and says it in words. */
 enum {
-    ERR_MEMORY = -1, ERR_RESOLVE = -2, ERR_CONFLICT = -3, ERR_RANGE = -4, ERR_ENUM = -5,
+    ERR_RESOLVE = -2, ERR_CONFLICT = -3, ERR_RANGE = -4, ERR_ENUM = -5,
     ERR_SHAPE = -6, ERR_MOVED = -7, ERR_UNTYPED = -8, ERR_READ = -9, ERR_WRITE = -10,
+    ERR_MEMORY = -11, /* not -1: that is find()'s "no object there" */
 };
 
 /* One byte operation over one element: see place.py's Op for the fields. */
@@ -52,7 +54,13 @@ typedef struct {
     const uint64_t *addr, *count, *start;
     const int64_t *type_id;
     const uint8_t *kind, *data;
-    uint64_t *sorted_addr; /* the objects by address, for finding a pointer's target */
+    /* Finding a pointer's target: a granule index (per MiB region met, one uint32 per
+     * 16 bytes naming 1 + the object last laid over them), and, made only when two
+     * objects share a granule, the objects sorted by address. */
+    uint64_t *region_key; /* 1 + address >> 20, 0 for a free slot */
+    uint32_t **region_block;
+    uint64_t region_size;
+    uint64_t *sorted_addr;
     uint32_t *sorted_index;
     int32_t *recipe;    /* per object: its recipe, -1 while not reached */
     uint64_t *new_addr; /* per object: its address in the new process, 0 before */
@@ -126,6 +134,93 @@ static int sort_pairs(uint64_t *keys, uint32_t *index, uint64_t n) {
     return 0;
 }
 
+static uint64_t extent(const ctx_t *c, uint64_t i) {
+    uint64_t bytes = c->start[i + 1] - c->start[i] + (c->kind[i] == KIND_STRING);
+    return bytes ? bytes : 1; /* an empty buffer is still pointed to */
+}
+
+static uint64_t region_mix(uint64_t key) { return (key * 0x9e3779b97f4a7c15ULL) >> 20; }
+
+/* The granule block of the MiB region `region`; made when `make`, else NULL if none. */
+static uint32_t *region(ctx_t *c, uint64_t region, int make) {
+    uint64_t key = region + 1, mask = c->region_size - 1;
+    for (uint64_t at = region_mix(key) & mask;; at = (at + 1) & mask) {
+        if (c->region_key[at] == key)
+            return c->region_block[at];
+        if (c->region_key[at] == 0) {
+            if (!make)
+                return NULL;
+            c->region_block[at] = calloc(1 << 16, sizeof(uint32_t));
+            if (c->region_block[at] != NULL)
+                c->region_key[at] = key;
+            return c->region_block[at];
+        }
+    }
+}
+
+static int granules(ctx_t *c) {
+    uint64_t regions = 0; /* at most: the regions' count is known once they are made */
+    for (uint64_t i = 0; i < c->n; i++)
+        regions += ((c->addr[i] + extent(c, i) - 1) >> 20) - (c->addr[i] >> 20) + 1;
+    c->region_size = 16;
+    while (c->region_size < 2 * regions)
+        c->region_size *= 2;
+    c->region_key = calloc(c->region_size, sizeof *c->region_key);
+    c->region_block = calloc(c->region_size, sizeof *c->region_block);
+    if (c->region_key == NULL || c->region_block == NULL)
+        return ERR_MEMORY;
+    for (uint64_t i = 0; i < c->n; i++) {
+        uint64_t first = c->addr[i] >> 4, last = (c->addr[i] + extent(c, i) - 1) >> 4;
+        for (uint64_t g = first; g <= last; g++) {
+            uint32_t *block = region(c, g >> 16, 1);
+            if (block == NULL)
+                return ERR_MEMORY;
+            block[g & 0xffff] = (uint32_t)(i + 1);
+        }
+    }
+    return 0;
+}
+
+static int64_t find_sorted(ctx_t *c, uint64_t addr) {
+    if (c->sorted_addr == NULL) {
+        c->sorted_addr = malloc((c->n + 1) * sizeof *c->sorted_addr);
+        c->sorted_index = malloc((c->n + 1) * sizeof *c->sorted_index);
+        if (c->sorted_addr == NULL || c->sorted_index == NULL)
+            return ERR_MEMORY;
+        for (uint64_t i = 0; i < c->n; i++) {
+            c->sorted_addr[i] = c->addr[i];
+            c->sorted_index[i] = (uint32_t)i;
+        }
+        if (sort_pairs(c->sorted_addr, c->sorted_index, c->n) != 0)
+            return ERR_MEMORY;
+    }
+    uint64_t lo = 0, hi = c->n;
+    while (lo < hi) {
+        uint64_t mid = (lo + hi) / 2;
+        if (c->sorted_addr[mid] <= addr)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == 0)
+        return -1;
+    uint32_t i = c->sorted_index[lo - 1];
+    return addr - c->addr[i] < extent(c, i) ? (int64_t)i : -1;
+}
+
+/* The object whose bytes hold `addr` (a string's NUL included), -1 if none, or
+ * ERR_MEMORY. */
+static int64_t find(ctx_t *c, uint64_t addr) {
+    const uint32_t *block = region(c, addr >> 20, 0);
+    uint32_t named = block ? block[(addr >> 4) & 0xffff] : 0;
+    if (named == 0)
+        return -1;
+    uint64_t i = named - 1;
+    if (addr >= c->addr[i] && addr - c->addr[i] < extent(c, i))
+        return (int64_t)i;
+    return find_sorted(c, addr); /* the granule is shared with another object */
+}
+
 void ek_place_close(ctx_t *c) {
     if (c == NULL)
         return;
@@ -133,6 +228,10 @@ void ek_place_close(ctx_t *c) {
         free(c->recipes[i].ops);
         free(c->recipes[i].table);
     }
+    for (uint64_t i = 0; i < c->region_size; i++)
+        free(c->region_block[i]);
+    free(c->region_key);
+    free(c->region_block);
     free(c->sorted_addr);
     free(c->sorted_index);
     free(c->recipe);
@@ -156,27 +255,17 @@ ctx_t *ek_place_open(uint64_t n, const uint64_t *addr, const int64_t *type_id,
         return NULL;
     c->n = n, c->addr = addr, c->type_id = type_id, c->count = count, c->kind = kind;
     c->start = start, c->data = data, c->resolve = resolve, c->moved = moved;
-    c->sorted_addr = malloc((n + 1) * sizeof *c->sorted_addr);
-    c->sorted_index = malloc((n + 1) * sizeof *c->sorted_index);
     c->recipe = malloc((n + 1) * sizeof *c->recipe);
     c->new_addr = calloc(n + 1, sizeof *c->new_addr);
     c->cache_size = 1024;
     c->cache = calloc(c->cache_size, sizeof *c->cache);
     c->cache_value = calloc(c->cache_size, sizeof *c->cache_value);
-    if (!c->sorted_addr || !c->sorted_index || !c->recipe || !c->new_addr || !c->cache ||
-        !c->cache_value) {
+    if (!c->recipe || !c->new_addr || !c->cache || !c->cache_value || granules(c) != 0) {
         ek_place_close(c);
         return NULL;
     }
-    for (uint64_t i = 0; i < n; i++) {
-        c->sorted_addr[i] = addr[i];
-        c->sorted_index[i] = (uint32_t)i;
+    for (uint64_t i = 0; i < n; i++)
         c->recipe[i] = -1;
-    }
-    if (sort_pairs(c->sorted_addr, c->sorted_index, n) != 0) {
-        ek_place_close(c);
-        return NULL;
-    }
     return c;
 }
 
@@ -195,23 +284,6 @@ int ek_place_recipe(ctx_t *c, int32_t id, const ek_op *ops, int32_t nops, uint32
     memcpy(r->table, table, 2 * ntable * sizeof *table);
     r->nops = nops, r->ntable = ntable, r->old_size = old_size, r->new_size = new_size;
     return 0;
-}
-
-/* The object whose bytes hold `addr` (a string's NUL included), or -1. */
-static int64_t find(const ctx_t *c, uint64_t addr) {
-    uint64_t lo = 0, hi = c->n;
-    while (lo < hi) {
-        uint64_t mid = (lo + hi) / 2;
-        if (c->sorted_addr[mid] <= addr)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    if (lo == 0)
-        return -1;
-    uint32_t i = c->sorted_index[lo - 1];
-    uint64_t extent = c->start[i + 1] - c->start[i] + (c->kind[i] == KIND_STRING);
-    return addr - c->addr[i] < extent ? (int64_t)i : -1;
 }
 
 static uint64_t mix(uint64_t key) {
@@ -313,6 +385,8 @@ static int convert_pointer(ctx_t *c, const ek_op *op, const uint8_t *src, uint64
     if (value == 0)
         return 0;
     int64_t target = op->extra & PTR_FUNCTION ? -1 : find(c, value);
+    if (target == ERR_MEMORY)
+        return ERR_MEMORY;
     if (target < 0) {
         if (op->extra & PTR_UNTYPED)
             return ERR_UNTYPED;
