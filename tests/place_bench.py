@@ -60,7 +60,10 @@ def measure(v1: Path, v2: Path, options: argparse.Namespace) -> None:
         with start_server(v2) as target, stopped_backend(target.pid, plan.new) as backend:
             core_place.SPAN_GAP = 0 if "iovec" in name else 1024
             placed = place(backend, plan, snapshot, transformers, columns)
-        phases = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in placed.timings.items())
+        phases = ", ".join(
+            f"{k} {v:.0f}" if k == "spans" else f"{k} {v * 1000:.0f} ms"
+            for k, v in placed.timings.items()
+        )
         print(
             f"{name}: {placed.seconds * 1000:.0f} ms for {placed.objects_written} objects, "
             f"{placed.bytes_written / 1e6:.1f} MB ({phases or 'no phases'})"

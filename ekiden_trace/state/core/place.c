@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <time.h>
 
 enum { KIND_TYPED = 0, KIND_STRING = 1, KIND_BUFFER = 2 };
 enum { OP_COPY = 0, OP_INT = 1, OP_ENUM = 2, OP_PTR = 3, OP_F32 = 4 };
@@ -82,7 +83,17 @@ typedef struct {
     external_t *externals;
     uint64_t nexternals, externals_cap;
     int64_t error_object;
+    double write_stats[4]; /* the last write: spans, seconds reading, overlaying, writing */
 } ctx_t;
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* What the last ek_place_write did: spans, and seconds reading, overlaying, writing. */
+void ek_place_write_stats(const ctx_t *c, double *out) { memcpy(out, c->write_stats, sizeof c->write_stats); }
 
 static int grow(void **array, uint64_t *cap, uint64_t need, size_t item) {
     if (need <= *cap)
@@ -596,7 +607,10 @@ int64_t ek_place_write(ctx_t *c, int32_t pid, uint64_t max_gap) {
     if (image == NULL)
         goto done;
     local = (struct iovec){image, image_len};
+    double clock = now();
+    c->write_stats[0] = (double)spans;
     result = transfer(pid, &local, remote, spans, 0);
+    c->write_stats[1] = now() - clock;
     if (result < 0)
         goto done;
     uint64_t span = 0, span_at = 0;
@@ -607,7 +621,9 @@ int64_t ek_place_write(ctx_t *c, int32_t pid, uint64_t max_gap) {
         memcpy(image + span_at + (begin - (uint64_t)remote[span].iov_base),
                c->out + c->offset[order[k]], c->size[order[k]]);
     }
+    c->write_stats[2] = now() - clock - c->write_stats[1];
     result = transfer(pid, &local, remote, spans, 1);
+    c->write_stats[3] = now() - clock - c->write_stats[1] - c->write_stats[2];
 done:
     free(keys);
     free(order);

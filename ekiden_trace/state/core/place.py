@@ -112,6 +112,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         "ek_place_address": (u64, [p, u64]),
         "ek_place_write": (i64, [p, i32, u64]),
         "ek_place_recipe_of": (i32, [p, u64]),
+        "ek_place_write_stats": (None, [p, p]),
     }
     for name, (restype, argtypes) in signatures.items():
         function = getattr(lib, name)
@@ -441,6 +442,9 @@ class Placer:
         pid = self.encoder.backend.tracee.pid  # type: ignore[attr-defined]
         written = self.lib.ek_place_write(self.ctx, pid, SPAN_GAP if _alone(pid) else 0)
         self.timings["write"] = time.perf_counter() - clock
+        stats = (ctypes.c_double * 4)()
+        self.lib.ek_place_write_stats(self.ctx, stats)
+        self.timings.update(zip(("spans", "span reads", "overlay", "span writes"), stats))
         if written < 0:
             raise EkidenError(f"the heap could not be written into process {pid} ({written}).")
         return reached, sum(sizes)
