@@ -109,11 +109,14 @@ static int grow(void **array, uint64_t *cap, uint64_t need, size_t item) {
     return 0;
 }
 
-/* LSD radix sort of (key, index) pairs by key, 11 bits a pass over the bits in use. */
+/* LSD radix sort of (key, index) pairs by key, 11 bits a pass over the bits that vary
+ * (keys above their minimum: a heap's addresses differ in their low 28 bits or so). */
 static int sort_pairs(uint64_t *keys, uint32_t *index, uint64_t n) {
-    uint64_t top = 0;
+    uint64_t low = UINT64_MAX, top = 0;
     for (uint64_t i = 0; i < n; i++)
-        top |= keys[i];
+        low = keys[i] < low ? keys[i] : low;
+    for (uint64_t i = 0; i < n; i++)
+        top |= keys[i] - low;
     int sorted = 1;
     for (uint64_t i = 1; i < n && sorted; i++)
         sorted = keys[i - 1] <= keys[i];
@@ -129,11 +132,11 @@ static int sort_pairs(uint64_t *keys, uint32_t *index, uint64_t n) {
     for (int shift = 0; shift < 64 && (top >> shift); shift += 11) {
         uint64_t counts[2049] = {0};
         for (uint64_t i = 0; i < n; i++)
-            counts[((keys[i] >> shift) & 2047) + 1]++;
+            counts[(((keys[i] - low) >> shift) & 2047) + 1]++;
         for (int d = 0; d < 2048; d++)
             counts[d + 1] += counts[d];
         for (uint64_t i = 0; i < n; i++) {
-            uint64_t at = counts[(keys[i] >> shift) & 2047]++;
+            uint64_t at = counts[((keys[i] - low) >> shift) & 2047]++;
             keys2[at] = keys[i];
             index2[at] = index[i];
         }
@@ -477,18 +480,20 @@ static uint64_t new_size(const ctx_t *c, uint32_t object) {
 int64_t ek_place_build(ctx_t *c, const uint32_t *seeds, const int32_t *recipes, uint64_t nseeds) {
     c->nreached = c->out_len = c->nrelocs = c->nexternals = 0;
     c->error_object = -1;
-    int failed = 0;
+    /* Room for every object at once (the new bytes about as many as the old): growing
+     * by doubling would copy hundreds of MB. */
+    uint64_t offset_cap = c->sizes_cap;
+    int failed = grow((void **)&c->reached, &c->reached_cap, c->n + 1, sizeof *c->reached) ||
+                 grow((void **)&c->offset, &offset_cap, c->n + 1, sizeof *c->offset) ||
+                 grow((void **)&c->size, &c->sizes_cap, c->n + 1, sizeof *c->size) ||
+                 grow((void **)&c->out, &c->out_cap, c->start[c->n] + c->start[c->n] / 8 + 1, 1)
+                     ? ERR_MEMORY
+                     : 0;
     for (uint64_t i = 0; i < nseeds && !failed; i++)
         if (!c->new_addr[seeds[i]])
             failed = reach(c, seeds[i], recipes[i]);
     for (uint64_t i = 0; i < c->nreached && !failed; i++) {
         uint32_t object = c->reached[i];
-        uint64_t offset_cap = c->sizes_cap;
-        if (grow((void **)&c->offset, &offset_cap, i + 1, sizeof *c->offset) ||
-            grow((void **)&c->size, &c->sizes_cap, i + 1, sizeof *c->size)) {
-            failed = ERR_MEMORY;
-            break;
-        }
         uint64_t size = new_size(c, object);
         if (grow((void **)&c->out, &c->out_cap, c->out_len + size, 1)) {
             failed = ERR_MEMORY;
