@@ -444,7 +444,8 @@ class Placer:
         self.timings["write"] = time.perf_counter() - clock
         stats = (ctypes.c_double * 4)()
         self.lib.ek_place_write_stats(self.ctx, stats)
-        self.timings.update(zip(("spans", "span reads", "overlay", "span writes"), stats))
+        names = ("spans", "span reads", "overlay", "span writes")
+        self.timings.update(zip(names, stats, strict=True))
         if written < 0:
             raise EkidenError(f"the heap could not be written into process {pid} ({written}).")
         return reached, sum(sizes)
