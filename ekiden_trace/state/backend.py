@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ekiden_trace.binary.program import Program
 from ekiden_trace.errors import EkidenError
 from ekiden_trace.state.encode import ConversionError
@@ -70,7 +72,8 @@ class ProcessBackend:
         """Give the scratch area back to the new process."""
         self.injector.close()
 
-    def malloc_many(self, sizes: list[int]) -> list[int]:
+    def malloc_many(self, sizes: Sequence[int]) -> Sequence[int]:
+        """One object per size (an array('Q') of sizes gets an array of addresses)."""
         self.flush()
         return self.injector.batch_malloc(self.function("malloc"), sizes)
 

@@ -10,6 +10,7 @@ program's own malloc, in one batch per wave of newly reached objects.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ekiden_trace.binary.dwarf.types import Member, TypeInfo, c_name, get, strip
@@ -17,6 +18,8 @@ from ekiden_trace.binary.layouts import holds_pointer
 from ekiden_trace.binary.program import Program
 from ekiden_trace.errors import EkidenError
 from ekiden_trace.plan.transformers import TransformerFn, Transformers, run_transformer
+from ekiden_trace.state.core.build import core
+from ekiden_trace.state.core.place import NotExpressible, Placer, integer_bounds
 from ekiden_trace.state.interior import moved_offset
 from ekiden_trace.state.shape import ShapeError, check_shape
 from ekiden_trace.state.snapshot import (
@@ -32,6 +35,7 @@ from ekiden_trace.state.snapshot import (
     Pointer,
     Snapshot,
     StructValue,
+    Target,
     Unfollowed,
     UnionValue,
 )
@@ -46,6 +50,23 @@ def _key(unit: Unit) -> int | New:
     return unit.id if isinstance(unit, HeapObject) else unit
 
 
+class _Placed(dict):
+    """Units by key, and behind them what the compiled path placed (by object id)."""
+
+    def __init__(self, placed: Callable[[int], int | None]) -> None:
+        super().__init__()
+        self.placed = placed
+
+    def __missing__(self, key: int | New) -> int:
+        value = self.placed(key) if type(key) is int else None
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(key) or (type(key) is int and self.placed(key) is not None)
+
+
 class ConversionError(EkidenError):
     """A value cannot be carried into the new version's type."""
 
@@ -55,7 +76,7 @@ class ConversionError(EkidenError):
 class Backend(NewProcess, Protocol):
     """What encoding needs from the new process (transformers call into it too)."""
 
-    def malloc_many(self, sizes: list[int]) -> list[int]: ...
+    def malloc_many(self, sizes: Sequence[int]) -> Sequence[int]: ...
     def string(self, text: str | bytes) -> int: ...
     def symbol_address(self, name: str) -> int: ...
     def write(self, addr: int, data: bytes) -> None: ...
@@ -74,6 +95,7 @@ class Encoder:
         transformers: Transformers,
         backend: Backend,
     ) -> None:
+        self.old = old
         self.new = new
         self.types: dict[int, TypeInfo] = new.index.types
         self.old_types: dict[int, TypeInfo] = old.index.types
@@ -81,8 +103,10 @@ class Encoder:
         self.transformers = transformers
         self.backend = backend
         self.context = Context(snapshot, backend, self.set_field)
-        self.addresses: dict[int | New, int] = {}
-        self._element: dict[int | New, int] = {}
+        self._placer: Placer | None = None  # the compiled path (core/place.py)
+        self._declined = False  # it declined once: the Python path places the rest
+        self.addresses: dict[int | New, int] = _Placed(self._placed_address)
+        self._element: dict[int | New, int] = _Placed(self._placed_element)
         # Per-type facts, worked out once: encoding runs once per field of every object.
         self._infos: dict[int | None, TypeInfo] = {}
         self._ranges: dict[int, tuple[int, int]] = {}
@@ -90,6 +114,7 @@ class Encoder:
         self._pointer_members: dict[int, list[Member]] = {}
         self.objects_written = 0
         self.bytes_written = 0
+        self.place_timings: dict[str, float] = {}  # the compiled path's phases, for the bench
 
     # -- heap objects --------------------------------------------------------
     # An allocation unit is a captured heap object (keyed by its id) or a New
@@ -103,6 +128,8 @@ class Encoder:
         found: list[Unit] = []
         for value, tid in roots:
             self._discover(value, tid, found, 0)
+        if found and self._place(found):
+            return
         scanned = 0
         while scanned < len(found):
             self._discover_unit(found[scanned], found)
@@ -115,6 +142,35 @@ class Encoder:
         for unit, size in zip(found, sizes, strict=True):
             self._write_unit(unit, size)
         self.backend.flush()
+
+    def _place(self, found: list[Unit]) -> bool:
+        """Place the heap reached from `found` by the compiled path (core/place.py); False
+        when it declines, before anything is allocated (then the Python path runs, and
+        the compiled path stays off for this heap: place.c does not know what Python placed,
+        while Python finds what place.c placed through `addresses` and `_element`)."""
+        heap = self.snapshot.heap
+        if self._declined or heap is None or core() is None:
+            return False
+        try:
+            if any(isinstance(unit, New) for unit in found):
+                raise NotExpressible("a transformer made an object")
+            if self._placer is None:
+                self._placer = Placer(self, heap)
+            seeds = [(u, self._element[u.id]) for u in found if isinstance(u, HeapObject)]
+            objects, size = self._placer.place(seeds)
+        except NotExpressible:
+            self._declined = True
+            return False
+        self.place_timings = dict(self._placer.timings)
+        self.objects_written += objects
+        self.bytes_written += size
+        return True
+
+    def _placed_address(self, object_id: int) -> int | None:
+        return (self._placer.address(object_id) or None) if self._placer else None
+
+    def _placed_element(self, object_id: int) -> int | None:
+        return self._placer.element(object_id) if self._placer else None
 
     def _unit_size(self, unit: Unit) -> int:
         if isinstance(unit, New) and isinstance(unit.value, bytes):
@@ -332,9 +388,7 @@ class Encoder:
         signed = info.encoding in ("signed", "signed_char")
         bounds = self._ranges.get(info.id)
         if bounds is None:
-            bits = 8 * size
-            bounds = (-(1 << bits - 1), (1 << bits - 1) - 1) if signed else (0, (1 << bits) - 1)
-            self._ranges[info.id] = bounds
+            bounds = self._ranges[info.id] = integer_bounds(info)
         if not bounds[0] <= number <= bounds[1]:
             raise ConversionError(
                 f"{path}: the value {number} does not fit v2's {c_name(self.types, info.id)}; "
@@ -353,6 +407,10 @@ class Encoder:
             if obj.id not in self.addresses:
                 self.materialise([(value, info.id)])
             return self.addresses[obj.id] + self._scaled_offset(obj, target.offset, path)
+        return self.outside(value.addr, target, path)
+
+    def outside(self, addr: int, target: Target, path: str) -> int:
+        """The new value of a non-null pointer to `addr`, outside the heap (`target`)."""
         if isinstance(target, FunctionRef | GlobalRef):
             if target.symbol is None:
                 raise ConversionError(f"{path}: points into a function that has no symbol.")
@@ -361,10 +419,10 @@ class Encoder:
         if isinstance(target, LiteralRef):
             return self._new_string(target.text)
         if isinstance(target, Unfollowed) and target.reason in CARRIED:
-            return value.addr
+            return addr
         reason = target.reason if isinstance(target, Unfollowed) else "unknown"
         raise ConversionError(
-            f"{path}: a pointer to {value.addr:#x} ({reason}) cannot be carried over; "
+            f"{path}: a pointer to {addr:#x} ({reason}) cannot be carried over; "
             "add a hint or a transformer."
         )
 

@@ -746,11 +746,15 @@ class Injector:
         code = mmap.PROT_READ | mmap.PROT_EXEC
         protected = self._run_syscall(saved, NR_MPROTECT, (area, _PAGE, code))
         _check(tracee, protected, "mprotect of the call loop")
-        tracee.write(data, array("Q", [v & _WORD for v in values]).tobytes())
+        # An array('Q') (a million sizes) goes as it is, and its results come back as one.
+        packed = values if isinstance(values, array) and values.typecode == "Q" else None
+        if packed is None:
+            packed = array("Q", [v & _WORD for v in values])
+        tracee.write(data, packed.tobytes())
         _call(tracee, saved, area, (data, len(values), function), None, timeout)
         results = array("Q")
         results.frombytes(tracee.read(data, 8 * len(values)))
-        return results.tolist()
+        return results if packed is values else results.tolist()
 
     def _unmap_after_failure(self, saved: _Saved, area: int, size: int) -> None:
         """Inside a failed injection: remove its mapping if the tracee can still be stopped."""
