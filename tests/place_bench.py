@@ -25,8 +25,8 @@ from placing import columns_of, place, plan_for, reference_snapshot, stopped_bac
 
 from bench.build import kvstore_buckets  # noqa: E402
 from bench.kv import load  # noqa: E402
+from ekiden_trace.native.build import core  # noqa: E402
 from ekiden_trace.state.core import place as core_place  # noqa: E402
-from ekiden_trace.state.core.build import core  # noqa: E402
 
 
 def main() -> None:

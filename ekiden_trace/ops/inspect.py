@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ekiden_trace.binary.files import file_identity
+from ekiden_trace.native.build import core
 from ekiden_trace.ops.lock import locked
 from ekiden_trace.ops.preflight import (
     check_not_stopped,
@@ -17,7 +18,6 @@ from ekiden_trace.ops.preflight import (
 from ekiden_trace.ops.recover import check_not_mid_update, refuse_mid_update
 from ekiden_trace.state.capture import Capturer
 from ekiden_trace.state.control import STOP_FUNCTION, ControlBlock, choose_stop_signal
-from ekiden_trace.state.core.build import core
 from ekiden_trace.state.rendezvous import leave, wait_for_point
 from ekiden_trace.state.snapshot import Snapshot, StopLocation
 from ekiden_trace.target import procfs

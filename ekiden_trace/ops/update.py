@@ -48,7 +48,6 @@ from ekiden_trace.state.control import (
     find_mark_gadget,
     mark_injector,
 )
-from ekiden_trace.state.core.build import core
 from ekiden_trace.state.rendezvous import halt, leave, wait_for_point
 from ekiden_trace.state.restore import Restorer, RestoreResult
 from ekiden_trace.state.snapshot import Snapshot
@@ -240,7 +239,6 @@ def update(pid: int, options: UpdateOptions, prepared: Prepared | None = None) -
     # The new version loads the same libc: resolving malloc now parses its symbols
     # (cached by file) before the pause instead of during the restore.
     find_function(pid, "malloc")
-    core()  # the compiled core: its first use builds it, before the pause
     with _staging(pid, prepared) as staged:
         return _update(pid, options, prepared, staged, clock, live, (old_argv, argv, envp))
 

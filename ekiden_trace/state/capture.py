@@ -25,8 +25,8 @@ from collections import deque
 
 from ekiden_trace.binary.program import TaggedVariable
 from ekiden_trace.errors import EkidenError
+from ekiden_trace.native.build import core, why_not
 from ekiden_trace.state.columns import CHAR_TYPE, STRING, AddressFact, HeapColumns
-from ekiden_trace.state.core.build import core, why_not
 from ekiden_trace.state.core.walk import Declined, NotExpressible, RecipeCompiler, walk
 from ekiden_trace.state.decode import MAX_STRING, Decoder, HeapPointer, is_char
 from ekiden_trace.state.lazy import HeapObjects

@@ -17,8 +17,8 @@ from ekiden_trace.binary.dwarf.types import Member, TypeInfo, c_name, get, strip
 from ekiden_trace.binary.layouts import holds_pointer
 from ekiden_trace.binary.program import Program
 from ekiden_trace.errors import EkidenError
+from ekiden_trace.native.build import core
 from ekiden_trace.plan.transformers import TransformerFn, Transformers, run_transformer
-from ekiden_trace.state.core.build import core
 from ekiden_trace.state.core.place import NotExpressible, Placer, integer_bounds
 from ekiden_trace.state.interior import moved_offset
 from ekiden_trace.state.shape import ShapeError, check_shape

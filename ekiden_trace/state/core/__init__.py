@@ -1,7 +1,6 @@
-"""The compiled core of the capture/restore engine (issue 14).
-
-C code (`*.c` here) loaded with ctypes, compiled by `build.py` on first use, before
-any pause, into the cache directory.  The Python capture and encoder stay the
-reference: wherever the core cannot express a shape, or cannot be built, they run,
-and the tests compare the two on every fixture pair.
+"""The compiled engine's Python side (issue 14): walk.py compiles v1's types into recipes
+for native/walk.c (the capture), place.py compiles (old type -> new type) pairs into
+byte operations for native/place.c (the restore).  The Python capture and encoder
+stay the reference: wherever a recipe cannot express a shape they run, and the
+tests compare the two on every fixture pair.
 """

@@ -22,8 +22,8 @@ from ekiden_trace.binary.dwarf.types import TypeInfo, c_name, get, strip
 from ekiden_trace.binary.hints import PointerHint
 from ekiden_trace.binary.layouts import holds_pointer
 from ekiden_trace.errors import EkidenError
+from ekiden_trace.native.build import core
 from ekiden_trace.state.columns import CHAR_TYPE, STRING, TYPED, AddressFact, HeapColumns
-from ekiden_trace.state.core.build import core
 from ekiden_trace.state.decode import is_char
 from ekiden_trace.state.interior import moved_offset
 from ekiden_trace.state.snapshot import (
