@@ -65,11 +65,22 @@ class LiveProcess:
                 f"not {program.name}; give the binary the process was started from."
             )
         self.bias = bias
-        self._set_maps(procfs.maps(pid))
-        self.modules = self._modules()
-        self._main = next(m for m in self.modules if same_file(m.file, program.path))
+        changed = TargetError(
+            f"process {pid} changed its mappings while they were read (it exec'd, perhaps "
+            "updated by another command); run the command again."
+        )
+        try:
+            self._set_maps(procfs.maps(pid))
+            self.modules = self._modules()
+            tables = [_call_frame_table(m.file) for m in self.modules]
+        except FileNotFoundError:
+            raise changed from None
+        main = [m for m in self.modules if same_file(m.file, program.path)]
+        if not main:
+            raise changed
+        self._main = main[0]
         self._module_map = ModuleMap(
-            [(m.start, m.end, m.bias, m.path, _call_frame_table(m.file)) for m in self.modules]
+            [(m.start, m.end, m.bias, m.path, t) for m, t in zip(self.modules, tables, strict=True)]
         )
 
     def _set_maps(self, maps: list[Mapping]) -> None:

@@ -131,7 +131,12 @@ def test_a_process_updated_by_another_command_meanwhile_is_refused(tmp_path: Pat
         assert fast.returncode == 0, fast.stderr
         _, err = slow.communicate(timeout=60)
         assert slow.returncode == 3, err
-        assert "no longer runs the program that was read" in err and "Traceback" not in err
+        # Found before or after seizing, depending on how far the slow one had come.
+        assert "Traceback" not in err and (
+            "no longer runs the program that was read" in err
+            or f"runs {fixture_binary('kvstore', 'v2')}, not" in err
+            or "changed its mappings while they were read" in err
+        ), err
         serving(server.pid, client, version=2)
 
 

@@ -24,6 +24,7 @@ from ekiden_trace.binary.layouts import holds_pointer
 from ekiden_trace.errors import EkidenError
 from ekiden_trace.native.build import core
 from ekiden_trace.state.columns import CHAR_TYPE, STRING, TYPED, AddressFact, HeapColumns
+from ekiden_trace.state.core.walk import NotExpressible
 from ekiden_trace.state.decode import is_char
 from ekiden_trace.state.interior import moved_offset
 from ekiden_trace.state.snapshot import (
@@ -71,10 +72,6 @@ bytes.  OP_INT, OP_ENUM: arg = source size | signed << 8 | new size << 16 | sign
 OP_ENUM's extra = its enum's first pair in the recipe's table << 32 | the pairs' count.
 OP_PTR: arg = the pointer class (old, new pointer type), extra = PTR_ flags.  OP_F32: a
 float read and written back as Python's struct does."""
-
-
-class NotExpressible(Exception):
-    """A type pair, or a value met while placing, that the recipes cannot carry."""
 
 
 class _Op(ctypes.Structure):

@@ -29,7 +29,8 @@ INTEGER_ENCODINGS = ("signed", "unsigned", "signed_char", "unsigned_char", "bool
 
 
 class NotExpressible(Exception):
-    """A shape of the state that recipes cannot express; the reason says which."""
+    """A shape of the state (or a type pair, or a value met while placing) that the
+    compiled engine's recipes cannot express; the reason says which."""
 
 
 class Slot(ctypes.Structure):
