@@ -1,6 +1,6 @@
 """Measure the restore of kvstore's heap, compiled against the Python encoder (issue 14).
 
-    XDG_CACHE_HOME=... python tests/place_bench.py 100000 [--python] [--iovecs]
+    XDG_CACHE_HOME=... python bench/restore_engine.py 100000 [--python] [--iovecs]
 
 Loads kvstore v1 (built with --buckets buckets) with N keys of 100-byte values, takes
 the reference snapshot, builds its columns, and places the heap into a running kvstore
@@ -17,14 +17,14 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parent / "bench")]
+sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parent / "tests")]
 
+from build import kvstore_buckets  # noqa: E402
 from clients import start_server  # noqa: E402
 from conftest import REPO  # noqa: E402
+from kv import load  # noqa: E402
 from placing import columns_of, place, plan_for, reference_snapshot, stopped_backend  # noqa: E402
 
-from bench.build import kvstore_buckets  # noqa: E402
-from bench.kv import load  # noqa: E402
 from ekiden_trace.native.build import core  # noqa: E402
 from ekiden_trace.state.core import place as core_place  # noqa: E402
 
