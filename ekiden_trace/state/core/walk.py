@@ -286,7 +286,7 @@ def _bind(lib: ctypes.CDLL) -> None:
 
 
 def _zeros(code: str, n: int) -> array:
-    return array(code, bytes(array(code).itemsize * n))
+    return array(code, [0]) * n  # repeated in place: no temporary bytes of the same size
 
 
 def _ptr(column: array, kind: type) -> ctypes._Pointer:
