@@ -14,8 +14,10 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from ekiden_trace.binary.dwarf.cache import CacheError, cache_dir
 from ekiden_trace.errors import EkidenError
@@ -45,6 +47,18 @@ def core() -> ctypes.CDLL | None:
     library, _ = _load()
     if library is None and engine_choice() == "compiled":
         raise CoreUnavailable(f"the compiled engine is required but {why_not()}.")
+    return library
+
+
+Signatures = dict[str, tuple[Any, Sequence[Any]]]
+"""C function name -> (ctypes result type, ctypes argument types)."""
+
+
+def declare(library: ctypes.CDLL, signatures: Signatures) -> ctypes.CDLL:
+    """Give the core's functions their C signatures; the library, for chaining."""
+    for name, (restype, argtypes) in signatures.items():
+        function = getattr(library, name)
+        function.restype, function.argtypes = restype, list(argtypes)
     return library
 
 

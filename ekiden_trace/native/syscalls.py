@@ -6,7 +6,7 @@ import ctypes
 from collections.abc import Callable, Collection
 from functools import cache
 
-from ekiden_trace.native.build import core
+from ekiden_trace.native.build import Signatures, core, declare
 
 TIMEOUT, GONE, ERROR, INTERRUPTED = -1, -2, -3, -4
 RUNNING, SYSCALL, CONT = 0, 1, 2  # how the first resume is made
@@ -18,22 +18,18 @@ def _bitmap(watched: frozenset[int]) -> bytes:
     return bytes(nr in watched for nr in range(_SYSCALLS))
 
 
+_SIGNATURES: Signatures = {
+    "ek_syscalls_run": (
+        ctypes.c_int,
+        (ctypes.c_int, ctypes.c_char_p, ctypes.c_long, ctypes.c_int, ctypes.c_int, ctypes.c_int64),
+    )
+}
+
+
 @cache
 def _runner() -> Callable[..., int] | None:
     library = core()
-    if library is None:
-        return None
-    run = library.ek_syscalls_run
-    run.argtypes = [
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_long,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int64,
-    ]
-    run.restype = ctypes.c_int
-    return run
+    return None if library is None else declare(library, _SIGNATURES).ek_syscalls_run
 
 
 def run_syscalls(

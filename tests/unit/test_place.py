@@ -24,7 +24,6 @@ from ekiden_trace.state.core.place import (
     OP_PTR,
     NotExpressible,
     RecipeCompiler,
-    _bind,
     _Op,
     core_library,
 )
@@ -137,7 +136,7 @@ def test_hints_fixture_void_pointer_with_a_buffer_hint_is_relocated() -> None:
 
 def convert(value: int, src: tuple[int, bool], dst: tuple[int, bool]) -> int | None:
     """place.c's OP_INT over one hand-made object: the converted value, None when refused."""
-    lib = _bind(core_library())
+    lib = core_library()
     raw = (value & ((1 << 8 * src[0]) - 1)).to_bytes(src[0], "little")
     columns = [
         array("Q", [0x1000]),

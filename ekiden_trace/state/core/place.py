@@ -22,7 +22,7 @@ from ekiden_trace.binary.dwarf.types import TypeInfo, c_name, get, strip
 from ekiden_trace.binary.hints import PointerHint
 from ekiden_trace.binary.layouts import holds_pointer
 from ekiden_trace.errors import EkidenError
-from ekiden_trace.native.build import core
+from ekiden_trace.native.build import Signatures, core, declare
 from ekiden_trace.state.columns import CHAR_TYPE, STRING, TYPED, AddressFact, HeapColumns
 from ekiden_trace.state.core.walk import NotExpressible
 from ekiden_trace.state.decode import is_char
@@ -92,29 +92,24 @@ _RESOLVE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int32, ctypes.c_int64, ctyp
 _MOVED = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int32, ctypes.c_int64, ctypes.c_uint64)
 
 
-def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
-    p, u64, i64, i32 = ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int64, ctypes.c_int32
-    signatures: dict[str, tuple[Any, list[Any]]] = {
-        "ek_place_open": (p, [u64, p, p, p, p, p, p, _RESOLVE, _MOVED]),
-        "ek_place_close": (None, [p]),
-        "ek_place_recipe": (i32, [p, i32, p, i32, ctypes.c_uint32, ctypes.c_uint32, p, i32]),
-        "ek_place_build": (i64, [p, p, p, u64]),
-        "ek_place_error_object": (i64, [p]),
-        "ek_place_sizes": (p, [p]),
-        "ek_place_out_length": (u64, [p]),
-        "ek_place_out": (p, [p]),
-        "ek_place_externals": (p, [p, ctypes.POINTER(u64)]),
-        "ek_place_set_external": (None, [p, u64, u64]),
-        "ek_place_assign": (None, [p, p]),
-        "ek_place_address": (u64, [p, u64]),
-        "ek_place_write": (i64, [p, i32, u64]),
-        "ek_place_recipe_of": (i32, [p, u64]),
-        "ek_place_write_stats": (None, [p, p]),
-    }
-    for name, (restype, argtypes) in signatures.items():
-        function = getattr(lib, name)
-        function.restype, function.argtypes = restype, argtypes
-    return lib
+_p, _u64, _i64, _i32 = ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int64, ctypes.c_int32
+_SIGNATURES: Signatures = {
+    "ek_place_open": (_p, [_u64, _p, _p, _p, _p, _p, _p, _RESOLVE, _MOVED]),
+    "ek_place_close": (None, [_p]),
+    "ek_place_recipe": (_i32, [_p, _i32, _p, _i32, ctypes.c_uint32, ctypes.c_uint32, _p, _i32]),
+    "ek_place_build": (_i64, [_p, _p, _p, _u64]),
+    "ek_place_error_object": (_i64, [_p]),
+    "ek_place_sizes": (_p, [_p]),
+    "ek_place_out_length": (_u64, [_p]),
+    "ek_place_out": (_p, [_p]),
+    "ek_place_externals": (_p, [_p, ctypes.POINTER(_u64)]),
+    "ek_place_set_external": (None, [_p, _u64, _u64]),
+    "ek_place_assign": (None, [_p, _p]),
+    "ek_place_address": (_u64, [_p, _u64]),
+    "ek_place_write": (_i64, [_p, _i32, _u64]),
+    "ek_place_recipe_of": (_i32, [_p, _u64]),
+    "ek_place_write_stats": (None, [_p, _p]),
+}
 
 
 def _sized(info: TypeInfo) -> int:
@@ -274,7 +269,7 @@ class Placer:
     """The compiled restore of one snapshot's heap into one new process."""
 
     def __init__(self, encoder: Encoder, heap: HeapColumns) -> None:
-        self.lib = _bind(core_library())
+        self.lib = core_library()
         self.encoder = encoder
         self.heap = heap
         self.compiler = RecipeCompiler(encoder)
@@ -457,8 +452,9 @@ def _alone(pid: int) -> bool:
 
 
 def core_library() -> ctypes.CDLL:
-    """The compiled core; NotExpressible when it is off or cannot be built."""
+    """The compiled core, its place.c functions declared; NotExpressible when it is off
+    or cannot be built."""
     lib = core()
     if lib is None:
         raise NotExpressible("the compiled core is off")
-    return lib
+    return declare(lib, _SIGNATURES)

@@ -19,6 +19,7 @@ from ekiden_trace.binary.hintexpr import HintExprError, Name, names
 from ekiden_trace.binary.hints import Length, PointerHint
 from ekiden_trace.binary.layouts import holds_pointer, member_key
 from ekiden_trace.errors import EkidenError
+from ekiden_trace.native.build import Signatures, declare
 from ekiden_trace.state.columns import HeapColumns
 from ekiden_trace.state.decode import Decoder, HeapPointer, is_char
 
@@ -261,28 +262,27 @@ _U32 = ctypes.POINTER(ctypes.c_uint32)
 _I64 = ctypes.POINTER(ctypes.c_int64)
 
 
-def _bind(lib: ctypes.CDLL) -> None:
-    if getattr(lib, "_ek_walk_bound", False):
-        return
-    lib.ek_walk_run.restype = ctypes.c_void_p
-    lib.ek_walk_run.argtypes = (
+_HANDLE = (ctypes.c_void_p,)
+_SIGNATURES: Signatures = {
+    "ek_walk_run": (ctypes.c_void_p, (
         ctypes.c_int, ctypes.POINTER(Recipe), _U64, ctypes.c_uint64, ctypes.POINTER(Root),
         ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64,
-    )  # fmt: skip
-    lib.ek_walk_status.restype = ctypes.c_int
-    lib.ek_walk_reason.restype = ctypes.c_char_p
-    for name in ("objects", "slots", "outside", "syscalls"):
-        getattr(lib, f"ek_walk_{name}").restype = ctypes.c_uint64
-    for name in ("status", "reason", "objects", "slots", "outside", "syscalls", "free"):
-        getattr(lib, f"ek_walk_{name}").argtypes = (ctypes.c_void_p,)
-    lib.ek_walk_object_columns.argtypes = (
+    )),
+    "ek_walk_status": (ctypes.c_int, _HANDLE),
+    "ek_walk_reason": (ctypes.c_char_p, _HANDLE),
+    "ek_walk_objects": (ctypes.c_uint64, _HANDLE),
+    "ek_walk_slots": (ctypes.c_uint64, _HANDLE),
+    "ek_walk_outside": (ctypes.c_uint64, _HANDLE),
+    "ek_walk_syscalls": (ctypes.c_uint64, _HANDLE),
+    "ek_walk_free": (None, _HANDLE),
+    "ek_walk_object_columns": (None, (
         ctypes.c_void_p, _I64, _I64, _U64, _I64, _U64, ctypes.POINTER(ctypes.c_uint8), _U64,
-    )  # fmt: skip
-    lib.ek_walk_data.argtypes = (ctypes.c_void_p, ctypes.c_void_p)
-    lib.ek_walk_slot_columns.argtypes = (ctypes.c_void_p, _U32, _U32, _U32, _U32)
-    lib.ek_walk_roots.argtypes = (ctypes.c_void_p, _U64, _U64)
-    lib.ek_walk_outside_values.argtypes = (ctypes.c_void_p, _U64)
-    lib._ek_walk_bound = True
+    )),
+    "ek_walk_data": (None, (ctypes.c_void_p, ctypes.c_void_p)),
+    "ek_walk_slot_columns": (None, (ctypes.c_void_p, _U32, _U32, _U32, _U32)),
+    "ek_walk_roots": (None, (ctypes.c_void_p, _U64, _U64)),
+    "ek_walk_outside_values": (None, (ctypes.c_void_p, _U64)),
+}  # fmt: skip
 
 
 def _zeros(code: str, n: int) -> array:
@@ -309,7 +309,7 @@ def walk(
     """Walk the stopped process `pid` from `roots` (address, recipe or string code, count)
     within the `heap` ranges; `limits` are (objects, bytes, string length).  Declined
     when it cannot promise the reference's graph."""
-    _bind(lib)
+    declare(lib, _SIGNATURES)
     keep = []
     table = (Recipe * max(len(recipes.sizes), 1))()
     for i, (size, slots) in enumerate(zip(recipes.sizes, recipes.slots, strict=True)):
