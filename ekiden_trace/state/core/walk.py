@@ -309,6 +309,8 @@ def walk(
     """Walk the stopped process `pid` from `roots` (address, recipe or string code, count)
     within the `heap` ranges; `limits` are (objects, bytes, string length).  Declined
     when it cannot promise the reference's graph."""
+    if not roots:  # nothing points into the heap: nothing to set up in C
+        return Walked(HeapColumns(), [], array("Q"), 0)
     declare(lib, _SIGNATURES)
     keep = []
     table = (Recipe * max(len(recipes.sizes), 1))()
